@@ -1,0 +1,1 @@
+"""Speech and language engines behind small interfaces (see ``base``)."""

@@ -1,0 +1,18 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+#: In CI (REQUIRE_SERVICES=1) a test that needs PostgreSQL or Redis fails when the service is
+#: missing; on a developer machine it is skipped with the reason.
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+
+
+def need_service(reason: str) -> None:
+    """Skip (or, in CI, fail) the calling test because a service it needs is unavailable."""
+    if REQUIRE_SERVICES:
+        pytest.fail(f"required service unavailable: {reason}")
+    pytest.skip(reason)

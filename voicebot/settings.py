@@ -1,0 +1,210 @@
+"""Settings for the voicebot project, read from the environment.
+
+Every setting comes from an environment variable (or a ``.env`` file next to ``manage.py``), parsed
+by django-environ. ``.env.example`` lists each one with its default. With nothing set at all the
+project runs embedded: SQLite, the in-memory channel layer, the emulated Twilio carrier and the
+offline speech engines.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+TESTING = "pytest" in sys.modules or env.bool("VOICEBOT_TESTING", default=False)
+
+# --- Django core -----------------------------------------------------------------------------
+DEBUG = env.bool("DEBUG", default=True)
+# The default key is for local use only; set SECRET_KEY in any deployment.
+SECRET_KEY = env("SECRET_KEY", default="dev-insecure-only-for-local-use-change-me")
+PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", default="http://127.0.0.1:8000").rstrip("/")
+_public_host = urlsplit(PUBLIC_BASE_URL).hostname or "127.0.0.1"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[_public_host, "127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[PUBLIC_BASE_URL])
+
+INSTALLED_APPS = [
+    "daphne",  # first, so `manage.py runserver` is Daphne's ASGI server
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "calls",
+    "media_ws",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "voicebot.urls"
+ASGI_APPLICATION = "voicebot.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database: SQLite unless DATABASE_URL is set ---------------------------------------------
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several threads (the emulator, database_sync_to_async) write at once; wait instead of failing.
+    DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    if TESTING:
+        # The end-to-end tests run Daphne in a forked process, which needs a file database; a name
+        # unique to this process lets several test runs share a machine.
+        DATABASES["default"]["TEST"] = {
+            "NAME": str(Path(tempfile.gettempdir()) / f"voicebot-test-{uuid.uuid4().hex[:12]}.sqlite3")
+        }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer: in-memory unless REDIS_URL is set ----------------------------------------
+REDIS_URL = env("REDIS_URL", default="")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env("CHANNEL_LAYER_PREFIX", default="voicebot")},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env("MEDIA_ROOT", default=str(BASE_DIR / "media")))
+
+# --- REST framework ---------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"dial": env("DIAL_THROTTLE_RATE", default="30/min")},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "voicebot API",
+    "DESCRIPTION": "Outbound voice-bot calls over Twilio Media Streams: dial, inspect, hang up, transfer.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- Carrier (Twilio or the built-in emulator) ------------------------------------------------
+TWILIO_ACCOUNT_SID = env("TWILIO_ACCOUNT_SID", default="")
+TWILIO_AUTH_TOKEN = env("TWILIO_AUTH_TOKEN", default="")
+TWILIO_FROM_NUMBER = env("TWILIO_FROM_NUMBER", default="+15005550006")
+# Where twilio-python sends REST calls; only tests and fakes change it.
+TWILIO_API_BASE_URL = env("TWILIO_API_BASE_URL", default="")
+TWILIO_TIMEOUT_S = env.float("TWILIO_TIMEOUT_S", default=10.0)
+# "auto": Twilio when an account SID and auth token are set, else the emulator.
+CARRIER = env("CARRIER", default="auto")
+HUMAN_AGENT_NUMBER = env("HUMAN_AGENT_NUMBER", default="")
+# Destinations allowed for outbound calls: country calling codes ("1", "44") or E.164 prefixes
+# ("+1415"). Empty means only the caller ID's own country (toll-fraud protection).
+DIAL_ALLOWED_DESTINATIONS = env.list("DIAL_ALLOWED_DESTINATIONS", default=[])
+
+# --- Conversation -----------------------------------------------------------------------------
+DEFAULT_GREETING = env(
+    "DEFAULT_GREETING",
+    default=(
+        "Hello! This is the voicebot assistant calling. I can answer questions about your "
+        "appointment, or connect you with a person. How can I help you today?"
+    ),
+)
+DEFAULT_INSTRUCTIONS = env(
+    "DEFAULT_INSTRUCTIONS",
+    default=(
+        "You are a friendly, concise phone assistant. Answer in one or two short spoken sentences. "
+        "If the caller asks for a person, call transfer_to_human. When the caller says goodbye or the "
+        "conversation is finished, say a short goodbye and call end_call."
+    ),
+)
+SILENCE_TIMEOUT_S = env.float("SILENCE_TIMEOUT_S", default=8.0)
+SILENCE_MAX_REPROMPTS = env.int("SILENCE_MAX_REPROMPTS", default=2)
+
+# --- Speech and language engines --------------------------------------------------------------
+# "auto" picks the real engine when its key is set, the offline one otherwise.
+STT_ENGINE = env("STT_ENGINE", default="auto")  # auto | deepgram | offline
+LLM_ENGINE = env("LLM_ENGINE", default="auto")  # auto | groq | scripted
+TTS_ENGINE = env("TTS_ENGINE", default="auto")  # auto | deepgram | offline
+DEEPGRAM_API_KEY = env("DEEPGRAM_API_KEY", default="")
+# Base URLs: only tests and fakes change them.
+DEEPGRAM_API_URL = env("DEEPGRAM_API_URL", default="https://api.deepgram.com")
+DEEPGRAM_WS_URL = env("DEEPGRAM_WS_URL", default="wss://api.deepgram.com")
+DEEPGRAM_STT_MODEL = env("DEEPGRAM_STT_MODEL", default="nova-3")
+DEEPGRAM_TTS_VOICE = env("DEEPGRAM_TTS_VOICE", default="aura-2-thalia-en")
+DEEPGRAM_ENDPOINTING_MS = env.int("DEEPGRAM_ENDPOINTING_MS", default=300)
+DEEPGRAM_UTTERANCE_END_MS = env.int("DEEPGRAM_UTTERANCE_END_MS", default=1000)
+GROQ_API_KEY = env("GROQ_API_KEY", default="")
+GROQ_BASE_URL = env("GROQ_BASE_URL", default="")
+GROQ_MODEL = env("GROQ_MODEL", default="llama-3.3-70b-versatile")
+GROQ_TIMEOUT_S = env.float("GROQ_TIMEOUT_S", default=10.0)
+
+# --- Barge-in detector (media_ws/vad.py documents each one) -----------------------------------
+BARGE_IN = {
+    "VAD_MODE": env.int("BARGE_IN_VAD_MODE", default=2),
+    "ONSET_FRAMES": env.int("BARGE_IN_ONSET_FRAMES", default=3),
+    "ONSET_WINDOW_FRAMES": env.int("BARGE_IN_ONSET_WINDOW_FRAMES", default=4),
+    "MIN_SNR_DB": env.float("BARGE_IN_MIN_SNR_DB", default=9.0),
+    "MIN_LEVEL_DBFS": env.float("BARGE_IN_MIN_LEVEL_DBFS", default=-50.0),
+}
+
+# --- Logging: never the audio payloads or secrets ---------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "calls": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+        "media_ws": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    },
+}
