@@ -44,6 +44,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "calls",
     "media_ws",
 ]
@@ -135,6 +136,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Outbound voice-bot calls over Twilio Media Streams: dial, inspect, hang up, transfer.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the drf-spectacular-sidecar package, not a CDN: the docs page works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Carrier (Twilio or the built-in emulator) ------------------------------------------------
@@ -150,6 +155,10 @@ HUMAN_AGENT_NUMBER = env("HUMAN_AGENT_NUMBER", default="")
 # Destinations allowed for outbound calls: country calling codes ("1", "44") or E.164 prefixes
 # ("+1415"). Empty means only the caller ID's own country (toll-fraud protection).
 DIAL_ALLOWED_DESTINATIONS = env.list("DIAL_ALLOWED_DESTINATIONS", default=[])
+# Spoken to the caller (<Say>) before a transfer's <Dial>, unless the bot already said its own line.
+TRANSFER_ANNOUNCEMENT = env(
+    "TRANSFER_ANNOUNCEMENT", default="Please hold while I connect you to a member of our team."
+)
 
 # --- Conversation -----------------------------------------------------------------------------
 DEFAULT_GREETING = env(
@@ -167,8 +176,25 @@ DEFAULT_INSTRUCTIONS = env(
         "conversation is finished, say a short goodbye and call end_call."
     ),
 )
+# After the bot finishes speaking, SILENCE_TIMEOUT_S without caller speech gives a re-prompt;
+# SILENCE_MAX_REPROMPTS re-prompts in a row with no answer end the call politely.
 SILENCE_TIMEOUT_S = env.float("SILENCE_TIMEOUT_S", default=8.0)
 SILENCE_MAX_REPROMPTS = env.int("SILENCE_MAX_REPROMPTS", default=2)
+# Fixed lines the bot says without the LLM.
+REPROMPT_LINE = env("REPROMPT_LINE", default="Are you still there? I'm happy to help if you have a question.")
+SILENCE_GOODBYE_LINE = env(
+    "SILENCE_GOODBYE_LINE", default="I haven't heard anything, so I'll end the call now. Goodbye!"
+)
+GOODBYE_LINE = env("GOODBYE_LINE", default="Thank you for calling. Goodbye!")
+HANDOFF_LINE = env("HANDOFF_LINE", default="One moment please, I'm connecting you with a person.")
+TRANSFER_UNAVAILABLE_LINE = env(
+    "TRANSFER_UNAVAILABLE_LINE",
+    default="I'm sorry, I can't connect you with a person right now, but I'm happy to keep helping.",
+)
+APOLOGY_LINE = env("APOLOGY_LINE", default="Sorry, I'm having a little trouble right now. Could you say that again?")
+# Keypad digits as shortcuts on every engine (offline transcription is approximate; DTMF is exact).
+DTMF_TRANSFER_DIGIT = env("DTMF_TRANSFER_DIGIT", default="0")
+DTMF_END_DIGIT = env("DTMF_END_DIGIT", default="#")
 
 # --- Speech and language engines --------------------------------------------------------------
 # "auto" picks the real engine when its key is set, the offline one otherwise.
@@ -187,6 +213,12 @@ GROQ_API_KEY = env("GROQ_API_KEY", default="")
 GROQ_BASE_URL = env("GROQ_BASE_URL", default="")
 GROQ_MODEL = env("GROQ_MODEL", default="llama-3.3-70b-versatile")
 GROQ_TIMEOUT_S = env.float("GROQ_TIMEOUT_S", default=10.0)
+# Live STT connection (media_ws/providers/deepgram_stt.py documents each one).
+DEEPGRAM_CONNECT_TIMEOUT_S = env.float("DEEPGRAM_CONNECT_TIMEOUT_S", default=5.0)
+DEEPGRAM_KEEPALIVE_S = env.float("DEEPGRAM_KEEPALIVE_S", default=3.0)
+DEEPGRAM_RECONNECT_ATTEMPTS = env.int("DEEPGRAM_RECONNECT_ATTEMPTS", default=5)
+DEEPGRAM_STT_BUFFER_MS = env.int("DEEPGRAM_STT_BUFFER_MS", default=10000)
+DEEPGRAM_TTS_TIMEOUT_S = env.float("DEEPGRAM_TTS_TIMEOUT_S", default=5.0)
 
 # --- Barge-in detector (media_ws/vad.py documents each one) -----------------------------------
 BARGE_IN = {
