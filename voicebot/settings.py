@@ -219,14 +219,47 @@ DEEPGRAM_KEEPALIVE_S = env.float("DEEPGRAM_KEEPALIVE_S", default=3.0)
 DEEPGRAM_RECONNECT_ATTEMPTS = env.int("DEEPGRAM_RECONNECT_ATTEMPTS", default=5)
 DEEPGRAM_STT_BUFFER_MS = env.int("DEEPGRAM_STT_BUFFER_MS", default=10000)
 DEEPGRAM_TTS_TIMEOUT_S = env.float("DEEPGRAM_TTS_TIMEOUT_S", default=5.0)
+# Offline engines (media_ws/providers/offline_tts.py, offline_stt.py, scripted.py).
+# espeak-ng voice name ("en-us", "en" for British, "en-gb-x-rp", ...) and speaking rate in words
+# per minute (80-450).
+OFFLINE_TTS_VOICE = env("OFFLINE_TTS_VOICE", default="en-us")
+OFFLINE_TTS_RATE = env.int("OFFLINE_TTS_RATE", default=175)
+# pocketsphinx decodes at once per process (each ~0.3-0.45 x real time on one core), caller audio
+# kept from before the VAD's speech onset, and the longest utterance decoded in one piece.
+OFFLINE_STT_MAX_DECODES = env.int("OFFLINE_STT_MAX_DECODES", default=2)
+OFFLINE_STT_PREROLL_MS = env.int("OFFLINE_STT_PREROLL_MS", default=300)
+OFFLINE_STT_MAX_UTTERANCE_MS = env.int("OFFLINE_STT_MAX_UTTERANCE_MS", default=30000)
+# The scripted agent's pause before its first text delta and between deltas (simulated LLM pace).
+OFFLINE_LLM_FIRST_DELTA_MS = env.float("OFFLINE_LLM_FIRST_DELTA_MS", default=0.0)
+OFFLINE_LLM_DELTA_MS = env.float("OFFLINE_LLM_DELTA_MS", default=0.0)
 
 # --- Barge-in detector (media_ws/vad.py documents each one) -----------------------------------
+# Defaults chosen by measurement on real speech and the noise lab (`python -m lab.tune_vad`).
 BARGE_IN = {
-    "VAD_MODE": env.int("BARGE_IN_VAD_MODE", default=2),
-    "ONSET_FRAMES": env.int("BARGE_IN_ONSET_FRAMES", default=3),
-    "ONSET_WINDOW_FRAMES": env.int("BARGE_IN_ONSET_WINDOW_FRAMES", default=4),
-    "MIN_SNR_DB": env.float("BARGE_IN_MIN_SNR_DB", default=9.0),
-    "MIN_LEVEL_DBFS": env.float("BARGE_IN_MIN_LEVEL_DBFS", default=-50.0),
+    # webrtcvad aggressiveness 0..3; the noise gate below does the rejecting, so 0 (keeps most speech).
+    "VAD_MODE": env.int("BARGE_IN_VAD_MODE", default=0),
+    # Onset: ONSET_FRAMES 20 ms frames above RISE_SNR_DB ...
+    "ONSET_FRAMES": env.int("BARGE_IN_ONSET_FRAMES", default=2),
+    # ... within ONSET_WINDOW_FRAMES consecutive frames ...
+    "ONSET_WINDOW_FRAMES": env.int("BARGE_IN_ONSET_WINDOW_FRAMES", default=3),
+    # ... of which ONSET_VOICED_FRAMES (incl. the deciding frame) webrtcvad calls speech above MIN_SNR_DB.
+    "ONSET_VOICED_FRAMES": env.int("BARGE_IN_ONSET_VOICED_FRAMES", default=1),
+    # dB a voiced frame must be above the adaptive noise floor.
+    "MIN_SNR_DB": env.float("BARGE_IN_MIN_SNR_DB", default=6.0),
+    # dBFS a voiced frame must reach regardless of the floor.
+    "MIN_LEVEL_DBFS": env.float("BARGE_IN_MIN_LEVEL_DBFS", default=-45.0),
+    # dB above the floor for a frame to count toward ONSET_FRAMES without webrtcvad (soft word starts).
+    "RISE_SNR_DB": env.float("BARGE_IN_RISE_SNR_DB", default=4.0),
+    # ms without voiced frames that ends a speech segment (utterance end for the offline STT).
+    "END_SILENCE_MS": env.int("BARGE_IN_END_SILENCE_MS", default=500),
+    # ms of audio whose quietest frame is the noise floor.
+    "NOISE_FLOOR_WINDOW_MS": env.int("BARGE_IN_NOISE_FLOOR_WINDOW_MS", default=1500),
+    # A frame whose loudest 2 ms holds more than this share of its energy above the noise is a click
+    # (1.0 = off).
+    "CLICK_ENERGY_RATIO": env.float("BARGE_IN_CLICK_ENERGY_RATIO", default=0.85),
+    # A frame whose strongest DTMF tone pair holds more than this share of its energy is a keypress
+    # (1.0 = off).
+    "TONE_ENERGY_RATIO": env.float("BARGE_IN_TONE_ENERGY_RATIO", default=0.8),
 }
 
 # --- Logging: never the audio payloads or secrets ---------------------------------------------
