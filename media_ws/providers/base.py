@@ -95,6 +95,35 @@ class SpeechToText(abc.ABC):
 # --- Language model -------------------------------------------------------------------------
 
 
+# A keypad press reaches the LLM as a user message with exactly this text (the session writes it,
+# the scripted agent and tests read it back). Twilio's ``dtmf`` event carries one of 0-9, * and #.
+_DTMF_PREFIX = "[The caller pressed "
+_DTMF_SUFFIX = " on the keypad]"
+_DTMF_DIGITS = frozenset("0123456789*#")
+
+
+def dtmf_message(digit: str) -> str:
+    """The user-message text for one keypad press: ``"[The caller pressed {digit} on the keypad]"``.
+
+    ``digit`` is one of ``0``-``9``, ``*``, ``#`` (Twilio ``dtmf.digit``); anything else raises
+    ``ValueError``.
+    """
+    if digit not in _DTMF_DIGITS:
+        raise ValueError(f"not a DTMF digit: {digit!r}")
+    return f"{_DTMF_PREFIX}{digit}{_DTMF_SUFFIX}"
+
+
+def parse_dtmf_message(content: str) -> str | None:
+    """The digit of a message written by ``dtmf_message``, or ``None`` for any other text."""
+    if not isinstance(content, str):
+        return None
+    content = content.strip()
+    if not (content.startswith(_DTMF_PREFIX) and content.endswith(_DTMF_SUFFIX)):
+        return None
+    digit = content[len(_DTMF_PREFIX) : len(content) - len(_DTMF_SUFFIX)]
+    return digit if digit in _DTMF_DIGITS else None
+
+
 @dataclass(frozen=True)
 class TextDelta:
     """A piece of the reply's text, in order."""
