@@ -71,7 +71,9 @@ class Call(models.Model):
     direction = models.CharField(max_length=16, choices=CallDirection.choices, default=CallDirection.OUTBOUND)
     from_number = models.CharField("from", max_length=20, blank=True, help_text="E.164")
     to_number = models.CharField("to", max_length=20, blank=True, help_text="E.164")
-    status = models.CharField(max_length=16, choices=CallStatus.choices, default=CallStatus.QUEUED, db_index=True)
+    status = models.CharField(
+        max_length=16, choices=CallStatus.choices, default=CallStatus.QUEUED, db_index=True
+    )
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     answered_at = models.DateTimeField(null=True, blank=True)

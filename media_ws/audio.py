@@ -120,7 +120,11 @@ class Reframer:
         old = len(self._buf) - len(payload)
         pos = 0
         while len(self._buf) - pos >= n:
-            ms = self._buf_ms + pos // BYTES_PER_MS if pos < old else timestamp_ms + (pos - old) // BYTES_PER_MS
+            ms = (
+                self._buf_ms + pos // BYTES_PER_MS
+                if pos < old
+                else timestamp_ms + (pos - old) // BYTES_PER_MS
+            )
             frames.append((bytes(self._buf[pos : pos + n]), ms))
             pos += n
         del self._buf[:pos]

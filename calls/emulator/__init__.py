@@ -1,0 +1,1 @@
+"""The built-in Twilio emulator: an offline stand-in for the carrier and the person who answers."""
