@@ -80,7 +80,7 @@ class CallLog:
         self.write_errors = 0
 
     # --- recording (no I/O) ------------------------------------------------------------------
-    def event(self, kind: str, audio_ms: int | None = None, **data: Any) -> None:
+    def event(self, kind: str, /, audio_ms: int | None = None, **data: Any) -> None:
         """Log a ``CallEvent`` of ``kind`` (see ``calls.models.EventKind``) at the current wall time."""
         ms = None if audio_ms is None else max(0, int(audio_ms))
         self._events.append(

@@ -575,8 +575,8 @@ class CallSession(CallHandle):
                     EventKind.ERROR, audio_ms=self.now_ms(), stage="llm", kind=failed.kind, error=str(failed)
                 )
                 logger.warning("call %s: LLM failed (%s): %s", self.call_sid, failed.kind, failed)
-                if not r.spoken and pieces.empty():
-                    pieces.put_nowait(settings.APOLOGY_LINE)
+                # Also after a reply broken off mid-way: the caller should not be left hanging.
+                pieces.put_nowait(settings.APOLOGY_LINE)
             pieces.put_nowait(None)
             await speaker
         finally:
