@@ -264,7 +264,8 @@ class BargeInDetector:
         end_ms = frame_ms + FRAME_MS
 
         if self._speaking:
-            if voiced and loud:
+            # A click or a keypress does not keep a segment open (they are not the caller talking).
+            if voiced and loud and not self._is_click(x, energy, floor) and not self._is_dtmf(x, energy):
                 self._last_active_end_ms = end_ms
                 return None
             if end_ms - self._last_active_end_ms >= cfg.end_silence_ms:

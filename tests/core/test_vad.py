@@ -149,6 +149,24 @@ def test_no_onset_on_mains_hum_present_from_the_first_frame(kind: str, level_dbf
     assert _onsets_on(N.noise_like(kind, NOISE_S, level_dbfs, seed=31)) == []
 
 
+def test_clicks_in_a_pause_do_not_keep_the_speech_segment_open() -> None:
+    """Clicks right after an utterance must not hold the segment open and swallow the next onset.
+
+    (Found by the barge-in benchmark: under clicks, 37 of 47 missed onsets were of this kind.)
+    """
+    first, second = N.load_fixture("clone_test"), N.load_fixture("beckett")[:16000]
+    pause = N.clicks(2.0, peak_dbfs=-10.0, per_second=8.0, seed=5)
+    x = np.concatenate([np.zeros(8000), first, pause, second])
+    second_start_ms = (8000 + len(first) + len(pause)) // 8
+    first_phrase = N.load_labels()["fixtures"]["beckett"]["utterances"][0]["onset_ms"]
+    events = run(BargeInDetector(), N.call_frames(x))
+    # The segment of the first utterance ends during the clicks ...
+    assert [e.end_ms < second_start_ms for e in ends(events)][0]
+    # ... so the first phrase after them is a new onset, decided within the bound.
+    truth = second_start_ms + first_phrase
+    assert any(0 <= o.decided_ms - truth <= ONSET_BOUND_MS for o in onsets(events))
+
+
 @pytest.mark.parametrize(
     ("peak_dbfs", "per_second", "background_dbfs"),
     [(-10.0, 3.0, None), (-3.0, 8.0, None), (-20.0, 5.0, -45.0)],
