@@ -30,13 +30,14 @@ def scripted_model(body: dict[str, Any]) -> list[Any]:
     """The fake LLM's side of the conversation, keyed on what the caller said last."""
     said = last_user_text(body).lower()
     if "person" in said:
-        return ["Sure, I'll", " connect you with a person now."] + [
-            FakeToolCall(name="transfer_to_human", arguments={"reason": "caller asked for a person"})
+        return [
+            "Sure, I'll",
+            " connect you with a person now.",
+            FakeToolCall(name="transfer_to_human", arguments={"reason": "caller asked for a person"}),
         ]
     if "goodbye" in said:
-        return ["Thanks for calling,", " goodbye!"] + [
-            FakeToolCall(name="end_call", arguments={"reason": "goodbye"})
-        ]
+        end = FakeToolCall(name="end_call", arguments={"reason": "goodbye"})
+        return ["Thanks for calling,", " goodbye!", end]
     words = ANSWER.split(" ")
     return [w + " " for w in words]
 

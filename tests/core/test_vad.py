@@ -161,7 +161,7 @@ def test_clicks_in_a_pause_do_not_keep_the_speech_segment_open() -> None:
     first_phrase = N.load_labels()["fixtures"]["beckett"]["utterances"][0]["onset_ms"]
     events = run(BargeInDetector(), N.call_frames(x))
     # The segment of the first utterance ends during the clicks ...
-    assert [e.end_ms < second_start_ms for e in ends(events)][0]
+    assert ends(events)[0].end_ms < second_start_ms
     # ... so the first phrase after them is a new onset, decided within the bound.
     truth = second_start_ms + first_phrase
     assert any(0 <= o.decided_ms - truth <= ONSET_BOUND_MS for o in onsets(events))
