@@ -16,3 +16,13 @@ def need_service(reason: str) -> None:
     if REQUIRE_SERVICES:
         pytest.fail(f"required service unavailable: {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_emulated_calls_at_the_end():
+    """Calls placed through the emulated carrier ring in the background (calls/emulator/exchange.py);
+    end the ones still running before the session's output streams close."""
+    yield
+    from calls.emulator.exchange import close_exchange
+
+    close_exchange()

@@ -82,6 +82,10 @@ DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / '
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads (the emulator, database_sync_to_async) write at once; wait instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
+    # Take the write lock when a transaction begins: a deferred transaction that reads, then writes,
+    # fails at once with "database is locked" when another connection writes meanwhile (the busy
+    # timeout cannot help an upgrade), e.g. a status callback racing the call log.
+    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     if TESTING:
         # The end-to-end tests run Daphne in a forked process, which needs a file database; a name
         # unique to this process lets several test runs share a machine.
@@ -96,7 +100,13 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env("CHANNEL_LAYER_PREFIX", default="voicebot")},
+            # redis-py 8 reads with a 5 s socket timeout by default, no longer than channels_redis's
+            # 5 s blocking pop: an idle receive() then raised TimeoutError and killed the consumer
+            # (a live call) after 5 s without channel-layer messages. Reads must outlast the pop.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "prefix": env("CHANNEL_LAYER_PREFIX", default="voicebot"),
+            },
         }
     }
 else:
@@ -159,6 +169,17 @@ DIAL_ALLOWED_DESTINATIONS = env.list("DIAL_ALLOWED_DESTINATIONS", default=[])
 TRANSFER_ANNOUNCEMENT = env(
     "TRANSFER_ANNOUNCEMENT", default="Please hold while I connect you to a member of our team."
 )
+
+# --- The built-in Twilio emulator (calls/emulator/, used when the carrier is "emulator") ------
+# Who answers an emulated call whose metadata names no scenario and whose number is no
+# scenario's `number`; extra folders of scenario files (comma-separated), searched first.
+EMULATOR_DEFAULT_SCENARIO = env("EMULATOR_DEFAULT_SCENARIO", default="default")
+EMULATOR_SCENARIO_DIRS = env.list("EMULATOR_SCENARIO_DIRS", default=[])
+# Ringing time before the emulated callee answers (ms), and the longest an emulated call lasts (s).
+EMULATOR_ANSWER_AFTER_MS = env.int("EMULATOR_ANSWER_AFTER_MS", default=1000)
+EMULATOR_MAX_CALL_S = env.float("EMULATOR_MAX_CALL_S", default=300.0)
+# Write each emulated call's stereo recording to MEDIA_ROOT/recordings/<CallSid>.wav.
+EMULATOR_RECORD = env.bool("EMULATOR_RECORD", default=True)
 
 # --- Conversation -----------------------------------------------------------------------------
 DEFAULT_GREETING = env(

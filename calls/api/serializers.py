@@ -5,7 +5,8 @@ Limits on ``POST /calls/outbound`` (400 with per-field errors beyond them):
 * ``to``, ``from``: E.164 numbers libphonenumber knows as valid; ``to`` must match the allow-list
   (``DIAL_ALLOWED_DESTINATIONS``, by default the caller ID's own country).
 * ``greeting``: 1–1000 characters; ``instructions``: 1–8000 characters.
-* ``metadata``: a JSON object of at most 4096 bytes once serialised.
+* ``metadata``: a JSON object of at most 4096 bytes once serialised; with the emulated carrier,
+  ``metadata.scenario`` must name a scenario (the emulated callee, ``calls/emulator/scenarios``).
 * Unknown fields are rejected ("Unknown field."), so a misspelt ``greting`` is not silently dropped.
 """
 
@@ -16,9 +17,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.urls import reverse
 from rest_framework import serializers
 
+from calls.carriers import carrier_name
 from calls.errors import DestinationNotAllowed, InvalidPhoneNumber
 from calls.models import Call, CallEvent, Turn
 from calls.phone import check_destination, parse_e164
@@ -61,6 +64,14 @@ class StrictFieldsMixin:
         return value
 
 
+def _emulated() -> bool:
+    """Whether calls go to the built-in emulated carrier (a bad CARRIER fails later, at dial time)."""
+    try:
+        return carrier_name() == "emulator"
+    except ImproperlyConfigured:
+        return False
+
+
 class OutboundCallSerializer(StrictFieldsMixin, serializers.Serializer):
     """``POST /calls/outbound`` body: ``{"to", "from"?, "greeting"?, "instructions"?, "metadata"?}``."""
 
@@ -92,6 +103,14 @@ class OutboundCallSerializer(StrictFieldsMixin, serializers.Serializer):
             raise serializers.ValidationError("Must be a JSON object.")
         if len(json.dumps(value, separators=(",", ":")).encode()) > METADATA_MAX_BYTES:
             raise serializers.ValidationError(f"Must be at most {METADATA_MAX_BYTES} bytes as JSON.")
+        if "scenario" in value and _emulated():
+            # The emulated callee to ring (calls/emulator/scenarios); other carriers keep it as data.
+            from calls.emulator.scenario import ScenarioError, load_scenario
+
+            try:
+                load_scenario(value["scenario"])
+            except ScenarioError as exc:
+                raise serializers.ValidationError(f"scenario: {exc}") from exc
         return value
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
