@@ -37,7 +37,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from calls.carriers import Carrier, CarrierError, PlacedCall, carrier_name, get_carrier
-from calls.errors import CallNotActive, PlaceCallFailed, TransferTargetMissing
+from calls.errors import CallControlError, CallNotActive, PlaceCallFailed, TransferTargetMissing
 from calls.models import (
     FINAL_STATUSES,
     STATUS_RANK,
@@ -228,7 +228,14 @@ def hangup_call(call: Call, *, reason: str = EndReason.API_HANGUP, notify_sessio
     ``CarrierError`` for any other carrier failure (nothing recorded then).
     """
     reason = EndReason(reason).value
-    already_ended, code = _hangup_at_carrier(call)
+    claimed = _claim_end_reason(call, reason)
+    try:
+        already_ended, code = _hangup_at_carrier(call)
+    except CarrierError:
+        _release_end_reason(call, reason, claimed)
+        raise
+    if already_ended:
+        _release_end_reason(call, reason, claimed)  # it ended by itself: the reason is not ours
     _record_hangup(call, reason, already_ended, code)
     if notify_session and call.call_sid:
         _notify(call.call_sid, {"type": "call.hangup", "reason": reason})
@@ -241,11 +248,33 @@ async def ahangup_call(
     """``hangup_call`` for async code: the carrier runs in a worker thread, the ORM via
     ``database_sync_to_async``, and the group message is awaited. Same result and errors."""
     reason = EndReason(reason).value
-    already_ended, code = await asyncio.to_thread(_hangup_at_carrier, call)
+    claimed = await database_sync_to_async(_claim_end_reason)(call, reason)
+    try:
+        already_ended, code = await asyncio.to_thread(_hangup_at_carrier, call)
+    except CarrierError:
+        await database_sync_to_async(_release_end_reason)(call, reason, claimed)
+        raise
+    if already_ended:
+        await database_sync_to_async(_release_end_reason)(call, reason, claimed)
     await database_sync_to_async(_record_hangup)(call, reason, already_ended, code)
     if notify_session and call.call_sid:
         await _anotify(call.call_sid, {"type": "call.hangup", "reason": reason})
     return already_ended
+
+
+def _claim_end_reason(call: Call, reason: str) -> bool:
+    """Record why the call is about to end *before* asking the carrier: Twilio may send the stream's
+    ``stop`` before the REST request has even returned, and the session ending on that ``stop``
+    must find the real reason rather than guess "caller hung up". True if this call set it."""
+    if not call.call_sid or call.is_final:
+        return False
+    return Call.objects.filter(pk=call.pk, end_reason="").update(end_reason=reason) == 1
+
+
+def _release_end_reason(call: Call, reason: str, claimed: bool) -> None:
+    """Undo ``_claim_end_reason`` when the action did not happen."""
+    if claimed:
+        Call.objects.filter(pk=call.pk, end_reason=reason).update(end_reason="")
 
 
 def _hangup_at_carrier(call: Call) -> tuple[bool, str]:
@@ -294,7 +323,12 @@ def transfer_call(
     when the carrier says so) or ``CarrierError``.
     """
     target, twiml = _prepare_transfer(call, to, say)
-    _transfer_at_carrier(call, twiml)
+    claimed = _claim_end_reason(call, EndReason.TRANSFERRED)
+    try:
+        _transfer_at_carrier(call, twiml)
+    except CallControlError:
+        _release_end_reason(call, EndReason.TRANSFERRED, claimed)
+        raise
     _record_transfer(call, target, twiml)
     if notify_session:
         _notify(call.call_sid, {"type": "call.transfer", "to": target})
@@ -307,7 +341,12 @@ async def atransfer_call(
     """``transfer_call`` for async code (carrier in a worker thread, ORM via
     ``database_sync_to_async``, group message awaited). Same result and errors."""
     target, twiml = _prepare_transfer(call, to, say)
-    await asyncio.to_thread(_transfer_at_carrier, call, twiml)
+    claimed = await database_sync_to_async(_claim_end_reason)(call, EndReason.TRANSFERRED)
+    try:
+        await asyncio.to_thread(_transfer_at_carrier, call, twiml)
+    except CallControlError:
+        await database_sync_to_async(_release_end_reason)(call, EndReason.TRANSFERRED, claimed)
+        raise
     await database_sync_to_async(_record_transfer)(call, target, twiml)
     if notify_session:
         await _anotify(call.call_sid, {"type": "call.transfer", "to": target})

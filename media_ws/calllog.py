@@ -19,7 +19,7 @@ from channels.db import database_sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
-from calls.models import FINAL_STATUSES, Call, CallEvent, Turn
+from calls.models import FINAL_STATUSES, Call, CallEvent, CallStatus, EndReason, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ class CallLog:
         self._dirty_turns: set[int] = set()
         self._call_updates: dict[str, Any] = {}
         self._call_defaults: dict[str, Any] = {}
+        self._finish: dict[str, Any] | None = None
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -104,6 +105,17 @@ class CallLog:
         self._call_defaults.update(values)
         self._wake.set()
 
+    def finish_call(self, *, ended_at: datetime, end_reason: str, duration_s: int) -> None:
+        """The stream is over: record its end without overwriting what others know better.
+
+        ``end_reason`` only if none is set (call control records its reason before asking the
+        carrier, and Twilio's ``stop`` may overtake that request); ``completed`` unless the status is
+        already final or the call was transferred (it goes on with the person); ``duration_s`` only
+        if Twilio's status callback has not given it.
+        """
+        self._finish = {"ended_at": ended_at, "end_reason": end_reason, "duration_s": duration_s}
+        self._wake.set()
+
     # --- writing ------------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"calllog-{self.call_id}")
@@ -123,10 +135,11 @@ class CallLog:
             turns = [self._turns[i] for i in sorted(dirty)]
             updates, self._call_updates = self._call_updates, {}
             defaults, self._call_defaults = self._call_defaults, {}
-            if not (events or turns or updates or defaults):
+            finish, self._finish = self._finish, None
+            if not (events or turns or updates or defaults or finish):
                 return
             try:
-                await database_sync_to_async(self._write)(events, turns, dict(updates), defaults)
+                await database_sync_to_async(self._write)(events, turns, dict(updates), defaults, finish)
             except Exception:
                 self.write_errors += 1
                 logger.exception("call %s: writing the call log failed; will retry", self.call_id)
@@ -135,6 +148,7 @@ class CallLog:
                 self._dirty_turns |= dirty
                 self._call_updates = {**updates, **self._call_updates}
                 self._call_defaults = {**defaults, **self._call_defaults}
+                self._finish = self._finish or finish
                 self._wake.set()
 
     def _write(
@@ -143,6 +157,7 @@ class CallLog:
         turns: list[TurnRecord],
         updates: dict[str, Any],
         defaults: dict[str, Any],
+        finish: dict[str, Any] | None = None,
     ) -> None:
         with transaction.atomic():
             if events:
@@ -162,6 +177,15 @@ class CallLog:
                     )
             for name, value in defaults.items():
                 Call.objects.filter(pk=self.call_id, **{f"{name}__isnull": True}).update(**{name: value})
+            if finish is not None:
+                row = Call.objects.filter(pk=self.call_id)
+                row.update(ended_at=finish["ended_at"])
+                row.filter(end_reason="").update(end_reason=finish["end_reason"])
+                ongoing = row.exclude(status__in=FINAL_STATUSES).exclude(end_reason=EndReason.TRANSFERRED)
+                ongoing.update(status=CallStatus.COMPLETED)
+                row.filter(duration_s__isnull=True).exclude(end_reason=EndReason.TRANSFERRED).update(
+                    duration_s=finish["duration_s"]
+                )
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop the background writer and write what is left (bounded by ``timeout_s``)."""
@@ -176,7 +200,7 @@ class CallLog:
             await asyncio.wait_for(self.flush(), timeout_s)
         except TimeoutError:
             logger.error("call %s: final call-log write timed out after %.1f s", self.call_id, timeout_s)
-        if self._events or self._dirty_turns or self._call_updates or self._call_defaults:
+        if self._events or self._dirty_turns or self._call_updates or self._call_defaults or self._finish:
             # One retry for a transient failure (e.g. a locked SQLite file).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.flush(), timeout_s / 2)

@@ -90,6 +90,7 @@ class Response:
     played_all: bool = False
     finalized: bool = False
     irreversible: bool = False  # a hang-up or transfer is under way: nothing may cancel it now
+    started_ms: int = 0  # call clock when the response began
 
 
 class CallSession(CallHandle):
@@ -137,6 +138,7 @@ class CallSession(CallHandle):
         self._response: Response | None = None
         self._responses: dict[int, Response] = {}
         self._next_index = 0
+        self._reserved_caller_index: int | None = None  # taken at speech onset: turns stay in spoken order
         self._history: list[dict[str, Any]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -156,7 +158,6 @@ class CallSession(CallHandle):
         self._closed = False
         self._shut = False
         self._end_reason = ""
-        self._transferred = False
         self.rejected_messages = 0
 
     # ==== clock ==================================================================================
@@ -289,7 +290,6 @@ class CallSession(CallHandle):
     async def on_remote_transfer(self, to: str) -> None:
         """The API redirected the call to a person: stop talking; Twilio ends the stream itself."""
         self._end_reason = EndReason.TRANSFERRED
-        self._transferred = True
         self._ending = True
         await self._stop_talking()
         self._spawn(self._close_after(3.0), "close-after-transfer")
@@ -297,6 +297,8 @@ class CallSession(CallHandle):
     # ==== caller speech ==========================================================================
     def _on_caller_speech_start(self, onset: SpeechOnset) -> None:
         self._onset_ms = onset.onset_ms
+        if self._reserved_caller_index is None:
+            self._reserved_caller_index = self._take_index()
         self._idle_since = time.monotonic()
         if self._stt is not None:
             self._stt.caller_speech(True, onset.onset_ms)
@@ -439,7 +441,9 @@ class CallSession(CallHandle):
         now = self.now_ms()
         speech_end = end_ms if end_ms is not None else (self._speech_end_ms if self._speech_end_ms else now)
         start = self._onset_ms if self._onset_ms is not None and self._onset_ms <= speech_end else None
-        self._record_caller_turn(text, start_ms=start, end_ms=speech_end, approximate=approximate)
+        self._record_caller_turn(
+            text, start_ms=start, end_ms=speech_end, approximate=approximate, spoken=True
+        )
         self._awaiting_transcript_until = 0.0
         self._idle_since = time.monotonic()
         if self._ending:
@@ -447,7 +451,12 @@ class CallSession(CallHandle):
         self._reprompts = 0
         self._history.append({"role": "user", "content": text})
         r = self._response
-        if r is not None and not r.finalized and r.irreversible:
+        late = r is not None and r.kind != "fixed" and speech_end <= r.started_ms
+        if r is not None and not r.finalized and (r.irreversible or late):
+            # Either a hang-up or transfer is under way, or this is a late transcript of speech that
+            # ended before the bot's current answer began (offline STT takes a moment; e.g. the caller
+            # spoke, then pressed # and the goodbye is playing): keep the words, do not cut the bot.
+            # (A re-prompt, a fixed line, is still cut and the question answered.)
             return
         if self.playback.is_playing:
             # The detector missed the onset (e.g. very soft speech) but STT heard words: same as a
@@ -459,11 +468,16 @@ class CallSession(CallHandle):
         self._start_response("llm", speech_end_ms=speech_end, stt_final_ms=now)
 
     def _record_caller_turn(
-        self, text: str, *, start_ms: int | None, end_ms: int | None, approximate: bool
+        self, text: str, *, start_ms: int | None, end_ms: int | None, approximate: bool, spoken: bool = False
     ) -> None:
+        """Log a caller turn. Spoken turns take the index reserved when the speech began, so the
+        transcript keeps the order things were said even when a transcript arrives late."""
         now = timezone.now()
+        index = self._reserved_caller_index if spoken else None
+        if spoken:
+            self._reserved_caller_index = None
         record = TurnRecord(
-            index=self._take_index(),
+            index=self._take_index() if index is None else index,
             role=TurnRole.CALLER,
             text=text,
             heard_text=text,
@@ -481,6 +495,15 @@ class CallSession(CallHandle):
         return index
 
     # ==== responses ==============================================================================
+    def _drop_stale_reservation(self) -> None:
+        """Speech that produced no transcript (a cough, noise) must not hold an index before new turns."""
+        if (
+            self._reserved_caller_index is not None
+            and not self.detector.speaking
+            and time.monotonic() >= self._awaiting_transcript_until
+        ):
+            self._reserved_caller_index = None
+
     def _start_response(
         self,
         kind: str,
@@ -491,6 +514,7 @@ class CallSession(CallHandle):
         stt_final_ms: int | None = None,
     ) -> Response:
         self._gen += 1
+        self._drop_stale_reservation()
         turn = TurnRecord(
             index=self._take_index(),
             role=TurnRole.BOT,
@@ -498,7 +522,7 @@ class CallSession(CallHandle):
             speech_end_ms=speech_end_ms,
             stt_final_ms=stt_final_ms,
         )
-        r = Response(gen=self._gen, turn=turn, kind=kind)
+        r = Response(gen=self._gen, turn=turn, kind=kind, started_ms=self.now_ms())
         self._response = r
         self._responses[r.gen] = r
         self._active_gen = r.gen
@@ -794,10 +818,10 @@ class CallSession(CallHandle):
                 raise
             raise CallControlError(str(exc)) from exc
         self._ending = True
-        self._transferred = True
         self._end_reason = EndReason.TRANSFERRED
         # Twilio now runs the <Dial> TwiML and ends this stream with `stop`; close it ourselves if not.
-        self._spawn(self._close_after(3.0), "close-after-transfer")
+        if not self._shut:
+            self._spawn(self._close_after(3.0), "close-after-transfer")
 
     def _mark_irreversible(self) -> None:
         if self._response is not None and self._response.task is asyncio.current_task():
@@ -830,8 +854,9 @@ class CallSession(CallHandle):
     async def shutdown(self, cause: str) -> None:
         """Twilio sent ``stop`` or the socket closed: wrap up within Daphne's 10 s close window.
 
-        Cancels every task, lets STT return the last words (bounded), stores the heard part of an
-        unfinished bot turn, writes the remaining transcript and events, and finalizes the Call.
+        Lets a hang-up or transfer already under way at the carrier finish (bounded), cancels every
+        other task, lets STT return the last words (bounded), stores the heard part of an unfinished
+        bot turn, writes the remaining transcript and events, and finalizes the Call.
         """
         if self._shut:
             return
@@ -842,7 +867,12 @@ class CallSession(CallHandle):
         current = asyncio.current_task()
         r = self._response
         if r is not None and r.task is not None and not r.task.done() and r.task is not current:
-            r.task.cancel()
+            if r.irreversible:
+                # Twilio's stop can overtake the REST request that caused it: let the request and
+                # its bookkeeping (transfer target, events) finish rather than cut them off.
+                await asyncio.wait({r.task}, timeout=5.0)
+            if not r.task.done():
+                r.task.cancel()
         if r is not None and not r.finalized:
             self._finalize_response(r, interrupted=not (r.drained.is_set() and r.played_all))
         for task in list(self._tasks):
@@ -865,7 +895,14 @@ class CallSession(CallHandle):
         pending = [t for t in self._tasks if t is not current]
         if pending:
             await asyncio.wait(pending, timeout=1.0)
-        if not self._end_reason:
+            for task in pending:
+                task.cancel()
+        # Call control records why it ended a call before asking the carrier: that reason wins over
+        # this session's guess (a stop we did not cause looks like the caller hanging up).
+        stored = await _stored_end_reason(self.call_id)
+        if stored:
+            self._end_reason = stored
+        elif not self._end_reason:
             self._end_reason = EndReason.CALLER_HANGUP if cause == "stop" else EndReason.STREAM_ERROR
         self.log.event(
             EventKind.STREAM_STOP,
@@ -874,14 +911,28 @@ class CallSession(CallHandle):
             end_reason=self._end_reason,
             rejected_messages=self.rejected_messages,
         )
-        self.log.update_call(ended_at=timezone.now(), end_reason=self._end_reason)
-        if not self._transferred:
-            self.log.update_call(status="completed")
-            self.log.update_call_if_null(duration_s=max(0, round(at / 1000)))
+        self.log.finish_call(
+            ended_at=timezone.now(), end_reason=self._end_reason, duration_s=max(0, round(at / 1000))
+        )
         await self.log.close(timeout_s=4.0)
 
 
 # ==== construction ===============================================================================
+async def _stored_end_reason(call_id: str) -> str:
+    from channels.db import database_sync_to_async
+
+    from calls.models import Call
+
+    def read() -> str:
+        return Call.objects.filter(pk=call_id).values_list("end_reason", flat=True).first() or ""
+
+    try:
+        return await asyncio.wait_for(database_sync_to_async(read)(), 2.0)
+    except Exception:  # the database is slow or down: the session's own view will do
+        logger.warning("call %s: could not read the stored end reason", call_id)
+        return ""
+
+
 async def _get_call(call_id: str) -> Any:
     from channels.db import database_sync_to_async
 

@@ -25,6 +25,7 @@ from twilio.request_validator import RequestValidator
 from calls import services
 from calls.carriers import CarrierError
 from calls.carriers.emulator import EMULATOR_ACCOUNT_SID
+from calls.emulator import call as emulated_call
 from calls.emulator.call import CallOrder, EmulatedCall, StreamTwiml
 from calls.emulator.exchange import Exchange
 from calls.emulator.scenario import load_scenario
@@ -35,8 +36,18 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 GREETING = "Hello there, this is a short test call from the clinic about your appointment."
 STATUS_PARAMS = {
-    "AccountSid", "ApiVersion", "CallSid", "CallStatus", "Direction", "From", "To", "Called", "Caller",
-    "SequenceNumber", "Timestamp", "CallbackSource",
+    "AccountSid",
+    "ApiVersion",
+    "CallSid",
+    "CallStatus",
+    "Direction",
+    "From",
+    "To",
+    "Called",
+    "Caller",
+    "SequenceNumber",
+    "Timestamp",
+    "CallbackSource",
 }
 
 
@@ -104,7 +115,7 @@ def test_status_callbacks_carry_twilios_parameters_and_a_valid_signature(setting
     from voicebot.asgi import application
 
     settings.TWILIO_AUTH_TOKEN = "emulator-test-token"
-    scenario_dir(tmp_path, settings, brief='[[steps]]\nafter_bot_starts_ms = 1600\nhangup = true\n')
+    scenario_dir(tmp_path, settings, brief="[[steps]]\nafter_bot_starts_ms = 1600\nhangup = true\n")
     transport = RecordingAsgiTransport(application)
     exchange = Exchange(transport)
     previous = set_exchange(exchange)
@@ -145,7 +156,11 @@ def test_status_callbacks_carry_twilios_parameters_and_a_valid_signature(setting
     # The signed WebSocket handshake was accepted too: the session ran and logged the call.
     assert streaming(call) and call.status == CallStatus.COMPLETED
     assert [e.data["CallStatus"] for e in events(call, EventKind.STATUS)] == [
-        "initiated", "ringing", "in-progress", "completed"]
+        "initiated",
+        "ringing",
+        "in-progress",
+        "completed",
+    ]
 
 
 async def test_a_wrong_auth_token_is_refused_at_the_stream_and_the_webhook(settings):
@@ -153,10 +168,16 @@ async def test_a_wrong_auth_token_is_refused_at_the_stream_and_the_webhook(setti
 
     settings.TWILIO_AUTH_TOKEN = "the-servers-token"
     order = CallOrder(
-        call_sid="CA" + "1" * 32, account_sid=EMULATOR_ACCOUNT_SID, to="+15005550100",
-        from_="+15005550006", stream=StreamTwiml("wss://testserver/media-stream", {}),
-        status_callback="http://testserver/calls/twilio/status", scenario=load_scenario("stays-silent"),
-        auth_token="not-the-token", plain_http=True, answer_after_ms=10,
+        call_sid="CA" + "1" * 32,
+        account_sid=EMULATOR_ACCOUNT_SID,
+        to="+15005550100",
+        from_="+15005550006",
+        stream=StreamTwiml("wss://testserver/media-stream", {}),
+        status_callback="http://testserver/calls/twilio/status",
+        scenario=load_scenario("stays-silent"),
+        auth_token="not-the-token",
+        plain_http=True,
+        answer_after_ms=10,
     )
     outcome = await EmulatedCall(order, AsgiTransport(application)).run()
     assert outcome.ended_by == "stream-refused" and "4403" in outcome.error
@@ -187,7 +208,18 @@ def token(django_user_model: Any) -> str:
     return str(Token.objects.create(user=django_user_model.objects.create_user("caller-tests")).key)
 
 
-def test_a_hangup_through_the_carrier_stops_the_stream_and_completes_the_call(inprocess_exchange, token):
+#: Twilio applies a call update asynchronously: the stream's stop may come at once (overtaking the
+#: REST response) or a little later. The session must get the end reason right either way.
+STOP_DELAYS = pytest.mark.parametrize(
+    "stop_delay_ms", [0, 250], ids=["stop-overtakes-the-update", "stop-250ms-later"]
+)
+
+
+@STOP_DELAYS
+def test_a_hangup_through_the_carrier_stops_the_stream_and_completes_the_call(
+    inprocess_exchange, token, stop_delay_ms, monkeypatch
+):
+    monkeypatch.setattr(emulated_call, "UPDATE_STOP_DELAY_MS", stop_delay_ms)
     call = services.place_call(to="+15005550104", greeting=GREETING)  # stays-silent, by its number
     wait_until(lambda: streaming(call))
     time.sleep(0.5)
@@ -206,9 +238,11 @@ def test_a_hangup_through_the_carrier_stops_the_stream_and_completes_the_call(in
     assert info.value.code == "20404" and info.value.call_not_active
 
 
+@STOP_DELAYS
 def test_a_transfer_through_the_carrier_ends_the_stream_and_records_the_dial_target(
-    inprocess_exchange, settings, token
+    inprocess_exchange, settings, token, stop_delay_ms, monkeypatch
 ):
+    monkeypatch.setattr(emulated_call, "UPDATE_STOP_DELAY_MS", stop_delay_ms)
     settings.TRANSFER_ANNOUNCEMENT = "Please hold."
     call = services.place_call(to="+15005550104", greeting=GREETING)
     wait_until(lambda: streaming(call))
@@ -242,7 +276,11 @@ def test_a_call_hung_up_while_ringing_is_canceled_and_cannot_be_transferred(inpr
 # ---- the bot's side, driven by scripted callers ------------------------------------------------------
 
 
-def test_the_bot_transfers_a_caller_who_asks_for_a_person(inprocess_exchange, settings):
+@STOP_DELAYS
+def test_the_bot_transfers_a_caller_who_asks_for_a_person(
+    inprocess_exchange, settings, stop_delay_ms, monkeypatch
+):
+    monkeypatch.setattr(emulated_call, "UPDATE_STOP_DELAY_MS", stop_delay_ms)
     settings.HUMAN_AGENT_NUMBER = "+15005550199"
     call = services.place_call(to="+15005550102", greeting="Hi, this is the clinic.")  # asks-for-person
     outcome = inprocess_exchange.wait(call.call_sid, 60)
@@ -326,3 +364,33 @@ def test_a_caller_barging_into_the_greeting_cuts_it_and_is_recorded_on_the_left(
     assert level_dbfs(right, log.clears[0] + 20, quiet_until - 20) < -80  # clear dropped the rest
     (stop,) = events(call, EventKind.STREAM_STOP)
     assert len(left) == len(right) and abs(len(left) // 8 - stop.audio_ms) < 500  # the whole call
+
+
+def test_a_late_transcript_does_not_cut_the_goodbye_of_a_keypress_that_came_after_it(
+    inprocess_exchange, settings, tmp_path
+):
+    """The caller speaks, then presses # at once. The offline transcript of the speech arrives while
+    the goodbye plays; it is kept in the transcript, but it must not barge in on that goodbye."""
+    scenario_dir(
+        tmp_path,
+        settings,
+        speak_then_pound=(
+            '[[steps]]\nafter_bot_stops_ms = 300\nsay = "clone_test"\nfrom_ms = 400\n\n'
+            '[[steps]]\ndtmf = "#"\n'
+        ),
+    )
+    # A goodbye long enough that the speech's transcript (~2 s of offline decoding) lands inside it.
+    settings.GOODBYE_LINE = (
+        "Thank you very much for calling us today, it was a real pleasure, have a lovely day, goodbye!"
+    )
+    call = services.place_call(to="+15005550100", greeting="Hi.", metadata={"scenario": "speak_then_pound"})
+    outcome = inprocess_exchange.wait(call.call_sid, 40)
+    assert outcome.ended_by == "rest-hangup"
+    call.refresh_from_db()
+    assert call.end_reason == EndReason.BOT_HANGUP
+    assert events(call, EventKind.BARGE_IN) == []
+    turns = list(call.turns.order_by("index"))
+    # In the order things were said: the greeting, the caller's words, the keypress, the goodbye.
+    assert [t.role for t in turns] == ["bot", "caller", "caller", "bot"]
+    assert turns[2].text == "[The caller pressed # on the keypad]"
+    assert turns[3].text == settings.GOODBYE_LINE and not turns[3].interrupted
