@@ -71,6 +71,11 @@ _STT_BACKLOG_BYTES = 10 * 8000
 #: a base plus a share of the utterance's length (offline decoding runs at ~0.3-0.45x real time).
 _TRANSCRIPT_GRACE_S = 3.0
 _TRANSCRIPT_GRACE_PER_S = 0.6
+#: Teardown after stop: the waits for a carrier action, STT's last words and the other tasks share
+#: _SHUTDOWN_BUDGET_S; the final call-log write then has until _LOG_WRITE_S after that. Together
+#: they stay under Daphne's 10 s application close timeout.
+_SHUTDOWN_BUDGET_S = 5.5
+_LOG_WRITE_S = 3.0
 #: Messages of history sent to the LLM (the system prompt comes on top).
 _HISTORY_LIMIT = 40
 
@@ -864,13 +869,20 @@ class CallSession(CallHandle):
         self._ending = True
         self._closed = True
         at = self.now_ms()
+        # One budget for the whole teardown, inside Daphne's 10 s application close timeout; the
+        # call log's final write gets what is left, and at least two seconds.
+        deadline = time.monotonic() + _SHUTDOWN_BUDGET_S
+
+        def left(most: float) -> float:
+            return max(0.1, min(most, deadline - time.monotonic()))
+
         current = asyncio.current_task()
         r = self._response
         if r is not None and r.task is not None and not r.task.done() and r.task is not current:
             if r.irreversible:
                 # Twilio's stop can overtake the REST request that caused it: let the request and
                 # its bookkeeping (transfer target, events) finish rather than cut them off.
-                await asyncio.wait({r.task}, timeout=5.0)
+                await asyncio.wait({r.task}, timeout=left(5.0))
             if not r.task.done():
                 r.task.cancel()
         if r is not None and not r.finalized:
@@ -883,10 +895,10 @@ class CallSession(CallHandle):
             self._stt.caller_speech(False, at)
         if self._stt is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._stt.close(), 3.0)
+                await asyncio.wait_for(self._stt.close(), left(3.0))
         if self._stt_task is not None and not self._stt_task.done():
             with contextlib.suppress(asyncio.CancelledError, TimeoutError, Exception):
-                await asyncio.wait_for(self._stt_task, 2.0)
+                await asyncio.wait_for(self._stt_task, left(2.0))
         if self._interim.strip():
             self._record_caller_turn(
                 self._interim.strip(), start_ms=self._onset_ms, end_ms=at, approximate=True
@@ -894,12 +906,12 @@ class CallSession(CallHandle):
             self._interim = ""
         pending = [t for t in self._tasks if t is not current]
         if pending:
-            await asyncio.wait(pending, timeout=1.0)
+            await asyncio.wait(pending, timeout=left(1.0))
             for task in pending:
                 task.cancel()
         # Call control records why it ended a call before asking the carrier: that reason wins over
         # this session's guess (a stop we did not cause looks like the caller hanging up).
-        stored = await _stored_end_reason(self.call_id)
+        stored = await _stored_end_reason(self.call_id, timeout_s=left(2.0))
         if stored:
             self._end_reason = stored
         elif not self._end_reason:
@@ -914,11 +926,11 @@ class CallSession(CallHandle):
         self.log.finish_call(
             ended_at=timezone.now(), end_reason=self._end_reason, duration_s=max(0, round(at / 1000))
         )
-        await self.log.close(timeout_s=4.0)
+        await self.log.close(timeout_s=max(2.0, deadline + _LOG_WRITE_S - time.monotonic()))
 
 
 # ==== construction ===============================================================================
-async def _stored_end_reason(call_id: str) -> str:
+async def _stored_end_reason(call_id: str, timeout_s: float) -> str:
     from channels.db import database_sync_to_async
 
     from calls.models import Call
@@ -927,7 +939,7 @@ async def _stored_end_reason(call_id: str) -> str:
         return Call.objects.filter(pk=call_id).values_list("end_reason", flat=True).first() or ""
 
     try:
-        return await asyncio.wait_for(database_sync_to_async(read)(), 2.0)
+        return await asyncio.wait_for(database_sync_to_async(read)(), timeout_s)
     except Exception:  # the database is slow or down: the session's own view will do
         logger.warning("call %s: could not read the stored end reason", call_id)
         return ""
