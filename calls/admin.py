@@ -14,8 +14,10 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
+from django.utils.safestring import mark_safe
 
 from calls.models import Call, CallEvent, EventKind, Turn
+from calls.timeline import timeline_svg
 
 
 class ReadOnlyAdminMixin:
@@ -90,7 +92,7 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     ordering = ["-created_at"]
     list_per_page = 50
     inlines = [TurnInline, CallEventInline]
-    readonly_fields = ["recording_player", "barge_ins"]
+    readonly_fields = ["recording_player", "barge_ins", "timeline"]
     fieldsets = [
         (
             None,
@@ -112,6 +114,7 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
             "Timing",
             {"fields": ["created_at", "answered_at", "ended_at", "duration_s", "end_reason", "barge_ins"]},
         ),
+        ("Timeline", {"fields": ["timeline"]}),
         ("Conversation", {"fields": ["greeting", "instructions", "metadata", "created_by"]}),
         ("Carrier errors and transfer", {"fields": ["error_code", "error_message", "transfer_to"]}),
         ("Recording", {"fields": ["recording_player", "recording", "recording_url"]}),
@@ -134,6 +137,12 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         if annotated is not None:
             return annotated
         return call.events.filter(kind=EventKind.BARGE_IN).count()
+
+    @admin.display(description="on the call clock")
+    def timeline(self, call: Call) -> str:
+        svg = timeline_svg(call.turns.order_by("index"), call.events.order_by("at", "id"))
+        # Built from escaped text only (calls.timeline escapes every transcript and label).
+        return mark_safe(svg) if svg else "nothing to draw yet"
 
     @admin.display(description="player")
     def recording_player(self, call: Call) -> str:
