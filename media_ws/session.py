@@ -32,12 +32,15 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from calls import services
 from calls.errors import CallControlError
-from calls.models import EndReason, EventKind, TurnRole
-from media_ws.audio import ulaw_to_pcm16
+from calls.models import Call, CallDirection, CallStatus, EndReason, EventKind, TurnRole
+from media_ws import providers
+from media_ws.audio import Reframer, ulaw_to_pcm16
 from media_ws.calllog import CallLog, TurnRecord
 from media_ws.context import CallHandle, spawn_in_call
 from media_ws.errors import LLMError, STTError, TTSError
@@ -86,7 +89,7 @@ class Response:
 
     gen: int
     turn: TurnRecord
-    kind: str  # "llm", "fixed" or "tool"
+    kind: str  # "llm" (a reply), "fixed" (a set line), "tool" (a keypad shortcut) or "silence-end"
     task: asyncio.Task[None] | None = None
     history_msg: dict[str, Any] | None = None
     spoken: list[str] = field(default_factory=list)
@@ -127,8 +130,6 @@ class CallSession(CallHandle):
         self._close_stream = close
         self.stt_engine, self.llm, self.tts = stt, llm, tts
         self.log = log
-
-        from media_ws.audio import Reframer  # local: keeps the import list above about the call
 
         self.reframer = Reframer()
         self.detector = BargeInDetector(barge_in)
@@ -259,22 +260,14 @@ class CallSession(CallHandle):
         self._record_caller_turn(text, start_ms=at, end_ms=at, approximate=False)
         self._history.append({"role": "user", "content": text})
         self._reprompts = 0
-        if dtmf.digit == settings.DTMF_TRANSFER_DIGIT:
-            self._start_response(
-                "tool",
-                tool=ToolCall(
-                    id=f"dtmf-{at}",
-                    name=TRANSFER_TO_HUMAN.name,
-                    arguments={"reason": "caller pressed " + dtmf.digit},
-                ),
+        shortcut = {settings.DTMF_TRANSFER_DIGIT: TRANSFER_TO_HUMAN, settings.DTMF_END_DIGIT: END_CALL}.get(
+            dtmf.digit
+        )
+        if shortcut is not None:
+            tool = ToolCall(
+                id=f"dtmf-{at}", name=shortcut.name, arguments={"reason": f"caller pressed {dtmf.digit}"}
             )
-        elif dtmf.digit == settings.DTMF_END_DIGIT:
-            self._start_response(
-                "tool",
-                tool=ToolCall(
-                    id=f"dtmf-{at}", name=END_CALL.name, arguments={"reason": "caller pressed " + dtmf.digit}
-                ),
-            )
+            self._start_response("tool", tool=tool)
         else:
             self._start_response("llm", speech_end_ms=at, stt_final_ms=at)
 
@@ -297,7 +290,8 @@ class CallSession(CallHandle):
         self._end_reason = EndReason.TRANSFERRED
         self._ending = True
         await self._stop_talking()
-        self._spawn(self._close_after(3.0), "close-after-transfer")
+        if not self._shut:
+            self._spawn(self._close_after(3.0), "close-after-transfer")
 
     # ==== caller speech ==========================================================================
     def _on_caller_speech_start(self, onset: SpeechOnset) -> None:
@@ -653,8 +647,8 @@ class CallSession(CallHandle):
                 logger.warning("call %s: TTS failed (%s): %s", self.call_sid, exc.kind, exc)
                 fallback = _offline_tts()
                 if fallback is not None and type(fallback) is not type(self.tts):
-                    # The caller still hears the rest of the piece (from the offline voice) and, if
-                    # nothing was heard yet, an apology; the call never sits silent.
+                    # The offline voice says the piece instead, so the call never sits silent. (After a
+                    # drop mid-piece the caller hears its start twice: a stutter beats a gap.)
                     await self._synthesize_into(r, fallback, text)
         finally:
             self.playback.end_segment(r.gen)
@@ -795,8 +789,6 @@ class CallSession(CallHandle):
         self._mark_irreversible()
         self._ending = True
         self._end_reason = self._end_reason or reason
-        from calls import services
-
         try:
             call = await _get_call(self.call_id)
             # services logs the hang-up event; no group message back to ourselves.
@@ -810,8 +802,6 @@ class CallSession(CallHandle):
 
     async def transfer(self, to: str) -> None:
         self._mark_irreversible()
-        from calls import services
-
         try:
             call = await _get_call(self.call_id)
             # services logs the transfer event and sets transfer_to; no group message back to us.
@@ -931,10 +921,6 @@ class CallSession(CallHandle):
 
 # ==== construction ===============================================================================
 async def _stored_end_reason(call_id: str, timeout_s: float) -> str:
-    from channels.db import database_sync_to_async
-
-    from calls.models import Call
-
     def read() -> str:
         return Call.objects.filter(pk=call_id).values_list("end_reason", flat=True).first() or ""
 
@@ -946,10 +932,6 @@ async def _stored_end_reason(call_id: str, timeout_s: float) -> str:
 
 
 async def _get_call(call_id: str) -> Any:
-    from channels.db import database_sync_to_async
-
-    from calls.models import Call
-
     return await database_sync_to_async(Call.objects.get)(pk=call_id)
 
 
@@ -979,10 +961,6 @@ async def open_session(start: Start, *, send: SendText, close: CloseStream) -> C
     The Call is found by callSid, else by the ``call_id`` custom parameter (our outbound calls put
     the Call's id there); an unknown callSid is an inbound call and gets a row of its own.
     """
-    from channels.db import database_sync_to_async
-
-    from media_ws import providers
-
     call = await database_sync_to_async(_find_or_create_call)(start)
     session = CallSession(
         start=start,
@@ -1002,8 +980,6 @@ async def open_session(start: Start, *, send: SendText, close: CloseStream) -> C
 
 
 def _find_or_create_call(start: Start) -> Any:
-    from calls.models import Call, CallDirection, CallStatus
-
     call = Call.objects.filter(call_sid=start.call_sid).first()
     if call is None and start.custom_parameters.get("call_id"):
         call = Call.objects.filter(pk=_uuid_or_none(start.custom_parameters["call_id"])).first()
