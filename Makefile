@@ -29,13 +29,18 @@ demo: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Benchmarks (not part of `make test`; BENCHMARKS.md records the results). Part 1: barge-in.
+# Benchmarks (not part of `make test`; BENCHMARKS.md records the results): 1. barge-in accuracy,
+# 2. calls per process (about 25 min; needs PostgreSQL and Redis for all its setups), 3. pipeline overhead.
 bench: install
 	$(PY) -m bench.barge_in
+	$(PY) -m bench.calls_per_process
+	$(PY) -m bench.pipeline_overhead
 
-# Smoke run of the benchmarks on a small subset (seconds); writes under bench/results/quick/.
+# Smoke run of the benchmarks on a small subset (about a minute); writes under bench/results/quick/.
 bench-quick: install
 	$(PY) -m bench.barge_in --quick
+	$(PY) -m bench.calls_per_process --quick
+	$(PY) -m bench.pipeline_overhead --quick
 
 lint: install
 	$(PY) -m ruff check .

@@ -7,7 +7,12 @@ to the call's session and forwards channel-layer control messages (``call.hangup
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
+import time
+from array import array
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -45,9 +50,64 @@ def handshake_signature_ok(scope: dict[str, Any], auth_token: str, public_base_u
     return any(validator.validate(f"{scheme}://{host}{path}", {}, signature) for scheme in ("wss", "https"))
 
 
+class FrameTiming:
+    """Benchmark instrument: how long each ``media`` frame took from the client's send to the end
+    of its handling. Off unless ``MEDIA_FRAME_TIMING_FILE`` is set (``bench.calls_per_process``).
+
+    The benchmark client appends ``"bench_ns": <time.monotonic_ns() at send>`` to each ``media``
+    message (the parser ignores unknown fields). After ``session.on_media`` returns, ``record``
+    keeps ``(bench_ns, monotonic_ns() - bench_ns)`` in ns; CLOCK_MONOTONIC is one clock for every
+    process of a Linux machine. Frames without the field are not recorded. ``write`` appends one
+    JSON line per call to the file: ``{"pid", "call_sid", "sent_ns": [...], "delay_ns": [...]}``.
+    """
+
+    KEY = '"bench_ns":'
+    _DIGITS = re.compile(r"\d+")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sent_ns = array("q")
+        self.delay_ns = array("q")
+
+    def record(self, text: str | None) -> None:
+        """Note one handled frame, if its message (``text``) carries ``bench_ns``."""
+        done = time.monotonic_ns()
+        i = text.rfind(self.KEY) if text is not None else -1
+        if text is None or i < 0:
+            return
+        digits = self._DIGITS.match(text, i + len(self.KEY))
+        if digits is not None:
+            sent = int(digits.group())
+            self.sent_ns.append(sent)
+            self.delay_ns.append(done - sent)
+
+    def write(self, call_sid: str) -> None:
+        """Append this call's samples to the file (once; nothing if none were recorded)."""
+        if not self.sent_ns:
+            return
+        line = json.dumps(
+            {
+                "pid": os.getpid(),
+                "call_sid": call_sid,
+                "sent_ns": self.sent_ns.tolist(),
+                "delay_ns": self.delay_ns.tolist(),
+            }
+        )
+        # One write() on an O_APPEND descriptor: lines of several calls never interleave.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+        self.sent_ns = array("q")
+        self.delay_ns = array("q")
+
+
 class MediaStreamConsumer(AsyncWebsocketConsumer):
     session: CallSession | None = None
     group: str | None = None
+    #: Set only when MEDIA_FRAME_TIMING_FILE is (benchmarks): one attribute check per frame otherwise.
+    frame_timing: FrameTiming | None = None
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels >= 4.2 hops to a thread to close old DB connections before every handler: on a
@@ -70,6 +130,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             return
         self.parser = MediaStreamParser()
         self.rejected = 0
+        if settings.MEDIA_FRAME_TIMING_FILE:
+            self.frame_timing = FrameTiming(settings.MEDIA_FRAME_TIMING_FILE)
         await self.accept()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -81,6 +143,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if type(event) is Media:
             if self.session is not None:
                 await self.session.on_media(event)
+                if self.frame_timing is not None:
+                    self.frame_timing.record(text_data)
         elif type(event) is Mark:
             if self.session is not None:
                 self.session.on_mark(event)
@@ -121,6 +185,8 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if self.session is not None:
             await self.session.shutdown("stop" if code in (1000, 1001) else f"disconnect-{code}")
+        if self.frame_timing is not None:
+            self.frame_timing.write(self.parser.call_sid or "-")
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 

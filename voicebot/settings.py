@@ -212,7 +212,9 @@ TRANSFER_UNAVAILABLE_LINE = env(
     "TRANSFER_UNAVAILABLE_LINE",
     default="I'm sorry, I can't connect you with a person right now, but I'm happy to keep helping.",
 )
-APOLOGY_LINE = env("APOLOGY_LINE", default="Sorry, I'm having a little trouble right now. Could you say that again?")
+APOLOGY_LINE = env(
+    "APOLOGY_LINE", default="Sorry, I'm having a little trouble right now. Could you say that again?"
+)
 # Keypad digits as shortcuts on every engine (offline transcription is approximate; DTMF is exact).
 DTMF_TRANSFER_DIGIT = env("DTMF_TRANSFER_DIGIT", default="0")
 DTMF_END_DIGIT = env("DTMF_END_DIGIT", default="#")
@@ -282,6 +284,11 @@ BARGE_IN = {
     # (1.0 = off).
     "TONE_ENERGY_RATIO": env.float("BARGE_IN_TONE_ENERGY_RATIO", default=0.8),
 }
+
+# --- Benchmarks -------------------------------------------------------------------------------
+# Per-frame handling delay of the media stream, for bench.calls_per_process: when set, each call
+# appends its samples to this file when it ends (media_ws/consumer.py FrameTiming). Empty = off.
+MEDIA_FRAME_TIMING_FILE = env("MEDIA_FRAME_TIMING_FILE", default="")
 
 # --- Logging: never the audio payloads or secrets ---------------------------------------------
 LOGGING = {
