@@ -58,12 +58,13 @@ class _Response:
 
 
 class _Segment:
-    __slots__ = ("closed", "played_bytes", "response", "sent_bytes", "text")
+    __slots__ = ("closed", "played_bytes", "ready_bytes", "response", "sent_bytes", "text")
 
     def __init__(self, response: _Response, text: str) -> None:
         self.response = response
         self.text = text
         self.sent_bytes = 0
+        self.ready_bytes = 0  # audio the TTS has produced for it, sent or not yet
         self.played_bytes = 0
         self.closed = False
 
@@ -159,6 +160,17 @@ class PlaybackTracker:
         self._pending_bytes += sent
         return out
 
+    def audio_ready(self, generation: int, nbytes: int) -> None:
+        """The TTS produced ``nbytes`` more bytes for the open segment of ``generation``.
+
+        Audio may be produced ahead of sending it (the sender paces itself to playout); knowing
+        the segment's length so far keeps ``heard_text``'s proportion honest. No-op without an
+        open segment.
+        """
+        response = self._responses.get(generation)
+        if response is not None and response.open_segment is not None:
+            response.open_segment.ready_bytes += nbytes
+
     def end_segment(self, generation: int) -> None:
         """The open segment of ``generation`` has all its audio. No-op if none is open."""
         response = self._responses.get(generation)
@@ -244,8 +256,9 @@ class PlaybackTracker:
         Approximation: speech is assumed to advance evenly through a segment's characters, so the
         fraction played by bytes is applied to the segment's length in characters, and only words
         that end within that length are kept (never part of a word; punctuation stays with its
-        word). For a segment still open the fraction uses the bytes received so far, so while TTS
-        lags behind playback it overstates what was heard. Segment texts are stripped and joined
+        word). The fraction is of the segment's audio produced so far (``audio_ready``), sent or
+        not; for a segment still being synthesized it overstates what was heard while TTS lags
+        behind playback. Segment texts are stripped and joined
         with single spaces.
         """
         response = self._responses.get(generation)
@@ -254,7 +267,7 @@ class PlaybackTracker:
         parts: list[str] = []
         for segment in response.segments:
             text = segment.text.strip()
-            total = segment.sent_bytes
+            total = max(segment.sent_bytes, segment.ready_bytes)
             if total == 0:
                 if not segment.closed:
                     break

@@ -40,7 +40,7 @@ from calls import services
 from calls.errors import CallControlError
 from calls.models import Call, CallDirection, CallStatus, EndReason, EventKind, TurnRole
 from media_ws import providers
-from media_ws.audio import Reframer, ulaw_to_pcm16
+from media_ws.audio import Reframer, chunk_bytes, ulaw_to_pcm16
 from media_ws.calllog import CallLog, TurnRecord
 from media_ws.context import CallHandle, spawn_in_call
 from media_ws.errors import LLMError, STTError, TTSError
@@ -139,6 +139,9 @@ class CallSession(CallHandle):
         self._last_media_ms = 0
         self._last_media_mono = self._t0
         self._clock_floor = 0
+        # Outbound pacing: when all bot audio sent so far will have played, if played in real time.
+        self._playout_until = 0.0
+        self._lead_s = settings.PLAYBACK_LEAD_MS / 1000
         self._gen = 0
         self._active_gen: int | None = None  # the only generation whose audio may go out
         self._response: Response | None = None
@@ -326,6 +329,7 @@ class CallSession(CallHandle):
         r = self._response
         self._active_gen = None
         cleared = len(self.playback.clear())
+        self._playout_until = 0.0  # Twilio's buffer is empty again
         if r is not None and not r.irreversible:
             self._finalize_response(r, interrupted=True)
         return r, cleared
@@ -558,13 +562,20 @@ class CallSession(CallHandle):
             self._idle_since = time.monotonic()
 
     async def _respond_fixed(self, r: Response, text: str) -> None:
-        await self._speak(r, text)
+        await self._speak_text(r, text)
+
+    async def _speak_text(self, r: Response, text: str) -> None:
+        """Speak a set line sentence by sentence, like a reply (what was heard is then exact to the
+        sentence, and the first sentence is heard sooner)."""
+        segmenter = SentenceSegmenter()
+        for piece in [*segmenter.push(text), *segmenter.flush()]:
+            await self._speak(r, piece)
 
     async def _respond_tool(self, r: Response, tool: ToolCall) -> None:
         await self._run_tool(r, tool)
 
     async def _respond_silence_end(self, r: Response) -> None:
-        await self._speak(r, settings.SILENCE_GOODBYE_LINE)
+        await self._speak_text(r, settings.SILENCE_GOODBYE_LINE)
         if await self.wait_for_playback():
             await self.hangup(reason=EndReason.SILENCE)
 
@@ -654,21 +665,61 @@ class CallSession(CallHandle):
             self.playback.end_segment(r.gen)
 
     async def _synthesize_into(self, r: Response, engine: TextToSpeech, text: str) -> None:
-        async with aclosing(engine.synthesize(text)) as audio:
-            async for chunk in audio:
-                if r.turn.tts_first_byte_ms is None:
-                    r.turn.tts_first_byte_ms = self.now_ms()
-                if r.gen != self._active_gen:
-                    return
-                for piece, mark in self.playback.audio_out(r.gen, chunk):
+        """Send the piece's audio as it comes from ``engine``, paced to playout.
+
+        A producer pulls the TTS audio as fast as the engine gives it, so the tracker knows the
+        piece's length early (what was heard is a share of it); the sender paces itself and
+        registers each chunk's mark only as the chunk goes out. Raises the engine's ``TTSError``.
+        """
+        ready: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            try:
+                async with aclosing(engine.synthesize(text)) as audio:
+                    async for chunk in audio:
+                        if r.turn.tts_first_byte_ms is None:
+                            r.turn.tts_first_byte_ms = self.now_ms()
+                        self.playback.audio_ready(r.gen, len(chunk))
+                        ready.put_nowait(chunk)
+            finally:
+                ready.put_nowait(None)
+
+        producer = asyncio.get_running_loop().create_task(produce(), name=f"tts{r.gen}-{self.call_sid}")
+        try:
+            while (chunk := await ready.get()) is not None:
+                for piece in chunk_bytes(chunk, self.playback.max_chunk_bytes):
+                    await self._pace(len(piece))
                     if r.gen != self._active_gen:
                         return
+                    ((media, mark),) = self.playback.audio_out(r.gen, piece)
                     r.drained.clear()  # more audio in flight: "all played" must wait for its mark
                     r.played_all = False
-                    await self._send(build_media(self.stream_sid, piece))
+                    await self._send(build_media(self.stream_sid, media))
                     if r.turn.first_audio_ms is None:
                         self._on_first_audio(r)
                     await self._send(build_mark(self.stream_sid, mark))
+            await producer  # the engine's error, if it failed
+        finally:
+            if not producer.done():
+                producer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TTSError):
+                    await producer
+
+    async def _pace(self, ulaw_bytes: int) -> None:
+        """Send bot audio at most ``PLAYBACK_LEAD_MS`` ahead of its real-time playout.
+
+        Twilio plays what it is sent in real time and ``clear`` throws the rest away; a whole reply
+        sent at once mostly gets cleared by the next barge-in and comes in bursts that delay every
+        call's frames (BENCHMARKS.md, part 2). The playout clock is our own (wall time), not the
+        mark echoes, so a lost mark can never stall the bot. The first audio of a reply goes out
+        at once.
+        """
+        now = time.monotonic()
+        ahead = self._playout_until - now
+        if ahead > self._lead_s:
+            await asyncio.sleep(ahead - self._lead_s)
+            now = time.monotonic()
+        self._playout_until = max(self._playout_until, now) + ulaw_bytes / 8000
 
     def _on_first_audio(self, r: Response) -> None:
         t = r.turn
@@ -769,7 +820,7 @@ class CallSession(CallHandle):
     async def say(self, text: str) -> None:
         r = self._response
         if r is not None and r.task is asyncio.current_task() and not r.finalized:
-            await self._speak(r, text)  # part of the response that is running this code
+            await self._speak_text(r, text)  # part of the response that is running this code
             return
         r = self._start_response("fixed", text=text)
         await r.sent.wait()

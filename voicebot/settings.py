@@ -199,6 +199,9 @@ DEFAULT_INSTRUCTIONS = env(
 )
 # After the bot finishes speaking, SILENCE_TIMEOUT_S without caller speech gives a re-prompt;
 # SILENCE_MAX_REPROMPTS re-prompts in a row with no answer end the call politely.
+# Bot audio goes to Twilio at most this far ahead of real-time playout (ms): enough to ride out
+# network and event-loop jitter, little enough that a barge-in's clear throws little away.
+PLAYBACK_LEAD_MS = env.int("PLAYBACK_LEAD_MS", default=500)
 SILENCE_TIMEOUT_S = env.float("SILENCE_TIMEOUT_S", default=8.0)
 SILENCE_MAX_REPROMPTS = env.int("SILENCE_MAX_REPROMPTS", default=2)
 # Fixed lines the bot says without the LLM.
@@ -296,8 +299,13 @@ LOGGING = {
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # One handler, on the root: Daphne's command line installs a root handler of its own, and a
+    # second one on our loggers printed every line twice.
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "calls": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-        "media_ws": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+        "calls": {"level": env("LOG_LEVEL", default="INFO")},
+        "media_ws": {"level": env("LOG_LEVEL", default="INFO")},
+        "daphne": {"level": "INFO"},
+        "httpx": {"level": "WARNING"},  # one INFO line per TTS or LLM request otherwise
     },
 }

@@ -20,6 +20,7 @@ explicit real engine without its key, or an unknown value, raises ``ImproperlyCo
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +30,9 @@ from django.core.exceptions import ImproperlyConfigured
 
 from media_ws.providers.base import LanguageModel, SpeechToText, TextToSpeech
 
-__all__ = ["describe_engines", "get_llm", "get_stt", "get_tts", "reset_engines"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["describe_engines", "get_llm", "get_stt", "get_tts", "reset_engines", "warm_up"]
 
 
 @dataclass(frozen=True)
@@ -165,3 +168,20 @@ def describe_engines() -> dict[str, dict[str, str]]:
             "reason": choice.reason,
         }
     return out
+
+
+def warm_up() -> dict[str, dict[str, str]]:
+    """Build the process's three engines now (at server start) rather than on the first call.
+
+    Importing an SDK and building an engine blocks (the Deepgram SDK's imports take about 0.3 s;
+    the offline STT starts its worker processes): done here, the first call does not pay for it.
+    A misconfigured engine raises ``ImproperlyConfigured`` here, at startup. Returns
+    ``describe_engines()``.
+    """
+    get_stt()
+    get_llm()
+    get_tts()
+    described = describe_engines()
+    summary = ", ".join(f"{kind} {d['engine']} ({d['reason']})" for kind, d in described.items())
+    logger.info("engines: %s", summary)
+    return described

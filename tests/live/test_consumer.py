@@ -97,6 +97,26 @@ async def test_greeting_arrives_as_media_chunks_each_followed_by_its_mark():
     assert turns[0].heard_text == turns[0].text and turns[0].text.startswith("Hello!")
 
 
+async def test_bot_audio_is_paced_a_little_ahead_of_playout_not_sent_in_one_burst(settings):
+    from calls.emulator.playout import Playout
+
+    async with twilio_stream() as stream:
+        await stream.wait_bot_speaking(timeout_s=15)
+        await stream.wait_bot_silent(for_ms=300, timeout_s=30)
+        media = [m for m in stream.log.bot_messages if m.kind == "media"]
+    # Replay what arrived, when it arrived, into Twilio's buffer: it never holds much more than the
+    # lead (plus one 200 ms chunk and one 20 ms tick of the emulator's clock).
+    buffer, deepest = Playout(start_ms=media[0].at_ms), 0
+    for message in media:
+        buffer.advance(message.at_ms)
+        buffer.media(b"\xff" * message.size)
+        deepest = max(deepest, buffer.buffered_ms)
+    greeting_ms = sum(m.size for m in media) // 8
+    assert greeting_ms > 3 * settings.PLAYBACK_LEAD_MS  # long enough for the pacing to show
+    assert deepest <= settings.PLAYBACK_LEAD_MS + 200 + 40
+    assert media[-1].at_ms - media[0].at_ms >= greeting_ms - settings.PLAYBACK_LEAD_MS - 200
+
+
 async def test_caller_speech_during_the_greeting_clears_within_the_bound_and_no_greeting_audio_follows():
     async with twilio_stream() as stream:
         _, true_onset = await barge_in_during_greeting(stream)

@@ -55,6 +55,11 @@ async def test_text_streams_as_deltas_in_order(fake_groq: FakeGroq, settings: An
         }
     ]
     assert request.body["tool_choice"] == "auto"
+    # The client is done at [DONE]; the fake's own thread marks the request complete just after.
+    for _ in range(100):
+        if request.completed:
+            break
+        await asyncio.sleep(0.02)
     assert request.completed
 
 
