@@ -28,8 +28,8 @@ after 500 ms without speech, so it can fire again):
 - ``silero p≥T for D ms``: ``bench.silero``: Silero v6 ONNX at 8 kHz, onset after D ms of
   consecutive 32 ms windows with p ≥ T. ``p≥0.5 for 200 ms`` is the peers' default (Vapi
   voiceSeconds 0.2, Pipecat start_secs 0.2, threshold 0.5); ``p≥0.7`` is Pipecat's confidence.
-- ``ours (<change>)``: one-change variants of our defaults (``OURS_VARIANTS``) and
-  ``ChecksWhileSpeaking``, a prototype of a proposed change; evidence for tuning the defaults.
+- ``ours (<change>)``: one-change variants of our defaults (``OURS_VARIANTS``); evidence for
+  tuning the defaults.
 
 **Metrics** (per detector and condition):
 
@@ -123,15 +123,6 @@ def default_configs(ours_variants: dict[str, dict] | None = None) -> list[Config
         cfgs.append(
             Config(f"ours ({label})", "ours-variant", asdict(cfg), make=lambda cfg=cfg: BargeInDetector(cfg))
         )
-    if ours_variants:
-        cfgs.append(
-            Config(
-                "ours (click/DTMF checks while speaking)",
-                "ours-variant",
-                {**asdict(BargeInConfig()), "prototype": "bench.barge_in.ChecksWhileSpeaking"},
-                make=ChecksWhileSpeaking,
-            )
-        )
     for threshold, ms in ((0.5, 200), (0.7, 200), (0.5, 64)):
         cfgs.append(
             Config(
@@ -142,22 +133,6 @@ def default_configs(ours_variants: dict[str, dict] | None = None) -> list[Config
             )
         )
     return cfgs
-
-
-class ChecksWhileSpeaking(BargeInDetector):
-    """Prototype of a proposed change (bench only; ``media_ws.vad`` is unchanged): while a segment
-    is open, a frame that the detector's own click or DTMF check flags does not keep the segment
-    open. Done from outside as a frame filter: such a frame is fed as digital silence, which
-    webrtcvad calls non-speech and the noise floor skips (frames under -80 dBFS are left out)."""
-
-    def feed(self, pcm16: bytes, frame_ms: int) -> SpeechOnset | SpeechEnd | None:
-        if self.speaking and len(pcm16) == 320:
-            x = np.frombuffer(pcm16, dtype="<i2").astype(np.float32)
-            energy = float(np.dot(x, x))
-            floor = self.noise_floor_dbfs
-            if energy > 0.0 and (self._is_click(x, energy, floor) or self._is_dtmf(x, energy)):
-                pcm16 = bytes(320)
-        return super().feed(pcm16, frame_ms)
 
 
 #: One-change alternatives to our defaults, run next to them (``--no-variants`` leaves them out).
