@@ -5,6 +5,10 @@ status, direction and date and searchable by SID or number. A call's page shows 
 recording player (when there is a recording), the transcript (turns, with what the caller heard
 and the per-turn latencies) and the events. Nothing can be added, changed or deleted here: the
 logs are written by the carrier callbacks and the live session only.
+
+Who may look is Django's model permissions: ``calls.view_call`` for the list and the call page,
+``calls.view_turn`` and ``calls.view_callevent`` for its transcript and events (superusers have
+them all). Staff without them get 403: the logs hold phone numbers, transcripts and recordings.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from calls.timeline import timeline_svg
 
 
 class ReadOnlyAdminMixin:
-    """View-only for active staff: no add, change or delete."""
+    """No add, change or delete for anyone; viewing follows the model's ``view`` permission
+    (Django's default ``has_view_permission``)."""
 
     def has_add_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
@@ -31,12 +36,6 @@ class ReadOnlyAdminMixin:
 
     def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
-
-    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return bool(request.user.is_active and request.user.is_staff)
-
-    def has_module_permission(self, request: HttpRequest) -> bool:
-        return self.has_view_permission(request)
 
 
 class TurnInline(ReadOnlyAdminMixin, admin.TabularInline):
@@ -80,7 +79,7 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
         "status",
         "to_number",
         "from_number",
-        "created_at",
+        "start",
         "duration_s",
         "barge_ins",
         "end_reason",
@@ -130,6 +129,10 @@ class CallAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     @admin.display(description="call", ordering="call_sid")
     def call_label(self, call: Call) -> str:
         return call.call_sid or f"(no SID) {call.id}"
+
+    @admin.display(description="start", ordering="created_at")
+    def start(self, call: Call) -> object:
+        return call.created_at
 
     @admin.display(description="barge-ins", ordering="_barge_ins")
     def barge_ins(self, call: Call) -> int:

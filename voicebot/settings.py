@@ -78,7 +78,9 @@ TEMPLATES = [
 ]
 
 # --- Database: SQLite unless DATABASE_URL is set ---------------------------------------------
-DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
+# Set but empty (`DATABASE_URL=` in .env or CI) means unset, as for REDIS_URL.
+_database_url = env("DATABASE_URL", default="") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+DATABASES = {"default": env.db_url_config(_database_url)}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Several threads (the emulator, database_sync_to_async) write at once; wait instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {})["timeout"] = 20
@@ -165,6 +167,9 @@ HUMAN_AGENT_NUMBER = env("HUMAN_AGENT_NUMBER", default="")
 # Destinations allowed for outbound calls: country calling codes ("1", "44") or E.164 prefixes
 # ("+1415"). Empty means only the caller ID's own country (toll-fraud protection).
 DIAL_ALLOWED_DESTINATIONS = env.list("DIAL_ALLOWED_DESTINATIONS", default=[])
+# Numbers (E.164, comma-separated) the LLM's transfer_to_human may name besides HUMAN_AGENT_NUMBER;
+# any other number it gives is refused (a caller could talk the model into a premium-rate number).
+TRANSFER_ALLOWED_NUMBERS = env.list("TRANSFER_ALLOWED_NUMBERS", default=[])
 # Spoken to the caller (<Say>) before a transfer's <Dial>, unless the bot already said its own line.
 TRANSFER_ANNOUNCEMENT = env(
     "TRANSFER_ANNOUNCEMENT", default="Please hold while I connect you to a member of our team."
@@ -180,6 +185,9 @@ EMULATOR_ANSWER_AFTER_MS = env.int("EMULATOR_ANSWER_AFTER_MS", default=1000)
 EMULATOR_MAX_CALL_S = env.float("EMULATOR_MAX_CALL_S", default=300.0)
 # Write each emulated call's stereo recording to MEDIA_ROOT/recordings/<CallSid>.wav.
 EMULATOR_RECORD = env.bool("EMULATOR_RECORD", default=True)
+# Between accepting a REST hang-up or redirect and sending the stream's `stop` (ms): Twilio applies
+# call updates asynchronously. 0: the stop may overtake the REST response (the bot must cope).
+EMULATOR_UPDATE_DELAY_MS = env.int("EMULATOR_UPDATE_DELAY_MS", default=250)
 
 # --- Conversation -----------------------------------------------------------------------------
 DEFAULT_GREETING = env(
@@ -239,12 +247,17 @@ GROQ_API_KEY = env("GROQ_API_KEY", default="")
 GROQ_BASE_URL = env("GROQ_BASE_URL", default="")
 GROQ_MODEL = env("GROQ_MODEL", default="llama-3.3-70b-versatile")
 GROQ_TIMEOUT_S = env.float("GROQ_TIMEOUT_S", default=10.0)
+# From the request to the first text or tool-call delta (retry included), s; then the apology.
+GROQ_FIRST_TOKEN_TIMEOUT_S = env.float("GROQ_FIRST_TOKEN_TIMEOUT_S", default=4.0)
 # Live STT connection (media_ws/providers/deepgram_stt.py documents each one).
 DEEPGRAM_CONNECT_TIMEOUT_S = env.float("DEEPGRAM_CONNECT_TIMEOUT_S", default=5.0)
 DEEPGRAM_KEEPALIVE_S = env.float("DEEPGRAM_KEEPALIVE_S", default=3.0)
 DEEPGRAM_RECONNECT_ATTEMPTS = env.int("DEEPGRAM_RECONNECT_ATTEMPTS", default=5)
 DEEPGRAM_STT_BUFFER_MS = env.int("DEEPGRAM_STT_BUFFER_MS", default=10000)
 DEEPGRAM_TTS_TIMEOUT_S = env.float("DEEPGRAM_TTS_TIMEOUT_S", default=5.0)
+# After a TTS timeout, outage or refused key, the offline voice speaks for this long (s), then the
+# real engine is tried again.
+TTS_FAILOVER_COOLDOWN_S = env.float("TTS_FAILOVER_COOLDOWN_S", default=60.0)
 # Offline engines (media_ws/providers/offline_tts.py, offline_stt.py, scripted.py).
 # espeak-ng voice name ("en-us", "en" for British, "en-gb-x-rp", ...) and speaking rate in words
 # per minute (80-450).
@@ -290,7 +303,7 @@ BARGE_IN = {
 
 # --- Benchmarks -------------------------------------------------------------------------------
 # Per-frame handling delay of the media stream, for bench.calls_per_process: when set, each call
-# appends its samples to this file when it ends (media_ws/consumer.py FrameTiming). Empty = off.
+# appends its samples to this file when it ends (media_ws/frame_timing.py). Empty = off.
 MEDIA_FRAME_TIMING_FILE = env("MEDIA_FRAME_TIMING_FILE", default="")
 
 # --- Logging: never the audio payloads or secrets ---------------------------------------------

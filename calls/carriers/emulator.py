@@ -11,9 +11,10 @@ Who answers: the scenario named in the call's ``metadata.scenario``, else the sc
 one database read a carrier does here: the scenario is the emulated callee's behaviour, chosen by
 whoever placed the call, and the carrier interface only carries Twilio's own parameters.
 
-The calls live in the process that placed them: the server's, for calls placed through the API;
-a management command's, for ``manage.py place_call``. A hang-up or transfer asked of another
-process finds no such call there and gets Twilio's 20404.
+The calls live in the process that placed them: the server's, for calls placed through the API
+(also by ``manage.py demo`` and ``manage.py place_call``); a management command's, for
+``manage.py place_call --in-process``. A hang-up or transfer asked of another process finds no
+such call there and gets Twilio's 20404.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class EmulatorCarrier(Carrier):
             answer_after_ms=settings.EMULATOR_ANSWER_AFTER_MS,
             max_duration_s=settings.EMULATOR_MAX_CALL_S,
             media_root=Path(settings.MEDIA_ROOT) if record else None,
+            update_delay_ms=settings.EMULATOR_UPDATE_DELAY_MS,
         )
         self.exchange.place(order)
         return PlacedCall(call_sid=sid, status="queued", account_sid=account)

@@ -50,11 +50,6 @@ API_VERSION = "2010-04-01"
 DOCUMENT_PARSE_FAILURE = "12100"
 #: What the emulator cannot run (not a Twilio code: Twilio runs every verb).
 UNSUPPORTED = "unsupported"
-#: Between accepting a call update (hang-up or redirect: the REST response) and ending the stream
-#: with ``stop``, ms. Twilio applies an update asynchronously after answering the request. The bot
-#: side should cope with ``stop`` at any moment after the request, even before the response
-#: (set this to 0 to test that).
-UPDATE_STOP_DELAY_MS = 250
 
 
 class TwimlError(ValueError):
@@ -167,6 +162,10 @@ class CallOrder:
     ``auth_token``: signs callbacks and the handshake ("" = unsigned). ``plain_http``: the server
     has no TLS (``PUBLIC_BASE_URL`` is ``http://``), so the stream URL is opened as ``ws://``.
     ``media_root``: where ``recordings/<CallSid>.wav`` goes (``None``: no recording).
+    ``update_delay_ms`` (setting ``EMULATOR_UPDATE_DELAY_MS``): between accepting a call update
+    (hang-up or redirect: the REST response) and ending the stream with ``stop``. Twilio applies an
+    update asynchronously after answering the request; the bot side should cope with ``stop`` at any
+    moment after the request, even before the response (0 tests that).
     """
 
     call_sid: str
@@ -182,6 +181,7 @@ class CallOrder:
     answer_after_ms: int = 1000
     max_duration_s: float = 300.0
     media_root: Path | None = None
+    update_delay_ms: int = 250
 
 
 @dataclass
@@ -265,7 +265,7 @@ class EmulatedCall:
     # ---- the REST API's requests --------------------------------------------------------------
     async def hangup(self) -> None:
         """``Status=completed``: end the call now (before it is answered: ``canceled``)."""
-        self._request_end("rest-hangup", UPDATE_STOP_DELAY_MS)
+        self._request_end("rest-hangup", self.order.update_delay_ms)
 
     async def redirect(self, document: RedirectTwiml) -> None:
         """New TwiML for the live call: the stream ends (``stop``, close); a ``<Dial>`` target is
@@ -274,7 +274,7 @@ class EmulatedCall:
         self.outcome.announcement = document.say
         logger.info("emulated call %s redirected: say %r, dial %s", self.call_sid, document.say,
                     document.dial or "-")
-        self._request_end("transfer" if document.dial else "rest-hangup", UPDATE_STOP_DELAY_MS)
+        self._request_end("transfer" if document.dial else "rest-hangup", self.order.update_delay_ms)
 
     def _request_end(self, why: str, delay_ms: int = 0) -> None:
         if not self._end_request:

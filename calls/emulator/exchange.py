@@ -1,10 +1,10 @@
 """The emulator's exchange: every emulated call of this process, on one background event loop.
 
 ``EmulatorCarrier`` is called from synchronous code (a DRF view in a Daphne worker thread, a
-management command, the bot's tools through ``asyncio.to_thread``). The exchange runs each call on
-a thread of its own with its own asyncio loop (started on first use), so the callee's real-time
-20 ms pacing never waits on the server's event loop, and ``place()`` returns at once while the
-call rings and runs in the background.
+management command, the bot's tools through ``asyncio.to_thread``). The exchange runs all of the
+process's calls as tasks on one asyncio loop in one background thread (started on first use, again
+after a fork), never on the server's event loop, so the callee's real-time 20 ms pacing does not
+wait on the server, and ``place()`` returns at once while the call rings and runs in the background.
 
 ``hangup()`` and ``redirect()`` hand the request to that loop thread-safely and wait for it to be
 accepted. An unknown or ended CallSid raises ``CarrierError`` code ``20404`` with

@@ -83,42 +83,52 @@ class CallPrinter:
             if line:
                 lines.append((event.get("audio_ms") or 0, i, line))
         self._events_seen = len(events)
+        barge_ins = [e.get("audio_ms") or 0 for e in events if e.get("kind") == "barge_in"]
         for turn in snapshot.get("turns") or []:
-            for line in self._turn_lines(turn):
+            for at, line in self._turn_lines(turn, barge_ins):
                 # At the same call-clock ms an event (the barge-in, the key press) comes first.
-                lines.append((turn.get("first_audio_ms") or turn.get("audio_start_ms") or 0, 1 << 30, line))
+                lines.append((at, 1 << 30, line))
         for _, _, line in sorted(lines, key=lambda item: (item[0], item[1])):
             self.write(line)
         if status_line:  # the end of the call comes after what led to it
             self.write(status_line)
 
-    def _turn_lines(self, turn: Snapshot) -> list[str]:
+    def _turn_lines(self, turn: Snapshot, barge_ins: list[int]) -> list[tuple[int, str]]:
+        """New lines of ``turn`` with the call-clock ms each belongs at: the turn's start, except
+        that a cut (✂) comes when the turn's audio ended, after the barge-in that caused it
+        (``barge_ins``: the call-clock ms of the call's barge-ins)."""
         index = turn["index"]
         before = self._turns.get(index)
-        out: list[str] = []
+        start = turn.get("first_audio_ms") or turn.get("audio_start_ms") or 0
+        out: list[tuple[int, str]] = []
         if turn["role"] == "caller":
             if before is None:
                 self._turns[index] = dict(turn)
                 if parse_dtmf_message(turn["text"]) is None:  # key presses have their own ⌨ line
                     mark = "  (offline STT, approximate)" if turn.get("approximate") else ""
-                    out.append(f"{_clock(turn.get('audio_start_ms'))}  caller  {_quote(turn['text'])}{mark}")
+                    out.append((start, f"{_clock(turn.get('audio_start_ms'))}  caller  "
+                                       f"{_quote(turn['text'])}{mark}"))
             return out
         ended = turn.get("ended_at") is not None
         if before is None:
             if turn.get("first_audio_ms") is None and not ended:
                 return out  # not speaking yet
             self._turns[index] = before = dict(turn, _printed_text=turn["text"], _closed=False)
-            out.append(f"{_clock(turn.get('first_audio_ms'))}  bot     {_quote(turn['text'])}")
+            out.append((start, f"{_clock(turn.get('first_audio_ms'))}  bot     {_quote(turn['text'])}"))
             latencies = turn_latencies(turn)
             if latencies:
-                out.append(f"{'':8}          ⏱  {latencies}")
+                out.append((start, f"{'':8}          ⏱  {latencies}"))
         if ended and not before["_closed"]:
             before["_closed"] = True
             if turn.get("interrupted"):
                 heard = turn.get("heard_text") or ""
-                out.append(f"{'':8}          ✂  interrupted; the caller heard {_quote(heard)}")
+                cut = turn.get("audio_end_ms")
+                if cut is None:  # not stored: the first barge-in after the turn started cut it
+                    cut = min((ms for ms in barge_ins if ms >= start), default=start)
+                out.append((cut, f"{'':8}          ✂  interrupted; the caller heard {_quote(heard)}"))
             elif turn["text"] != before["_printed_text"] and turn["text"].startswith(before["_printed_text"]):
-                out.append(f"{'':8}          …  {_quote(turn['text'][len(before['_printed_text']):])}")
+                rest = turn["text"][len(before["_printed_text"]) :]
+                out.append((start, f"{'':8}          …  {_quote(rest)}"))
         return out
 
     @staticmethod

@@ -3,11 +3,13 @@ and how carrier failures are reported."""
 
 from __future__ import annotations
 
+import io
 import re
 import socket
 import uuid
 
 import pytest
+from django.core.management import call_command
 from django.test import Client
 
 from calls.models import Call, CallEvent, CallStatus, EndReason, EventKind
@@ -50,6 +52,19 @@ def test_token_authentication_places_a_call_through_the_emulator(api, user):
     assert call.created_by == user
     assert call.greeting == "Hi there, this is a test call."
     assert call.metadata == {"order": 42}
+
+
+def test_a_token_from_drf_create_token_places_a_call(user, anonymous):
+    """The README's set-up: ``manage.py drf_create_token <user>`` prints the key the API takes."""
+    out = io.StringIO()
+    call_command("drf_create_token", user.username, stdout=out)
+    printed = out.getvalue()
+    match = re.fullmatch(rf"Generated token (?P<key>[0-9a-f]{{40}}) for user {user.username}\n", printed)
+    assert match, out.getvalue()
+    anonymous.credentials(HTTP_AUTHORIZATION=f"Token {match['key']}")
+    response = dial(anonymous)
+    assert response.status_code == 201, response.content
+    assert Call.objects.get(pk=response.json()["id"]).created_by == user
 
 
 def test_session_authentication_works_with_csrf(user):

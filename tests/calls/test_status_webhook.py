@@ -10,7 +10,6 @@ from django.test import Client
 from twilio.request_validator import RequestValidator
 
 from calls import services
-from calls.carriers import Carrier, PlacedCall
 from calls.models import Call, CallEvent, CallStatus, EndReason, EventKind
 from tests.calls.conftest import FROM_NUMBER, PUBLIC_BASE_URL, TO_NUMBER
 
@@ -232,31 +231,20 @@ def test_only_post_is_accepted():
     assert Client().get("/calls/twilio/status").status_code == 405
 
 
-def test_a_callback_that_overtakes_the_rest_response_is_not_undone():
-    """The carrier's callback lands while ``place_call`` still waits for the REST answer."""
-
-    class CallbackFirstCarrier(Carrier):
-        """Stands in for Twilio posting ``ringing`` before its REST response reaches us."""
-
-        name = "twilio"
-
-        def place_call(self, *, to, from_, twiml, status_callback, call_id):
-            path = status_callback.removeprefix(PUBLIC_BASE_URL)
-            response = Client().post(
-                path,
-                urlencode(callback("ringing", 1, call_sid="CA" + "4" * 32)),
-                content_type="application/x-www-form-urlencoded",
-            )
-            assert response.status_code == 204
-            return PlacedCall(call_sid="CA" + "4" * 32, status="queued")
-
-        def hangup(self, call_sid):
-            raise NotImplementedError
-
-        def transfer(self, call_sid, twiml):
-            raise NotImplementedError
-
-    call = services.place_call(to=TO_NUMBER, carrier=CallbackFirstCarrier())
+@pytest.mark.django_db(transaction=True)
+def test_a_callback_that_overtakes_the_rest_response_is_not_undone(twilio, settings, live_server):
+    """Twilio posts ``ringing`` (signed) to the status callback while our ``calls.create`` request
+    still waits for its answer; the ``queued`` in that later answer must not move the call back."""
+    settings.PUBLIC_BASE_URL = live_server.url  # where the fake Twilio posts the callbacks
+    twilio.callbacks_before_create = ["initiated", "ringing"]
+    call = services.place_call(to=TO_NUMBER)
+    assert twilio.callback_results == [("initiated", 204), ("ringing", 204)]
+    (created,) = twilio.requests_to("POST", "/Calls.json")
+    assert created.field("StatusCallback") == f"{live_server.url}/calls/twilio/status?call_id={call.id}"
     call.refresh_from_db()
-    assert call.call_sid == "CA" + "4" * 32
+    assert call.carrier == "twilio" and call.call_sid in twilio.calls
     assert call.status == CallStatus.RINGING  # the later "queued" REST answer did not move it back
+    assert [e.data["CallStatus"] for e in call.events.filter(kind=EventKind.STATUS).order_by("at", "id")] == [
+        "initiated",
+        "ringing",
+    ]

@@ -3,8 +3,8 @@
 ``daphne_server`` starts ``python -m daphne -b 127.0.0.1 -p <free port> voicebot.asgi:application``
 (``tests.fakes.daphne_server``) in its own process, on the test database (SQLite file or
 PostgreSQL, whatever the suite runs on), with ``PUBLIC_BASE_URL`` pointing at it, the emulated
-carrier, the offline engines, an auth token (so status callbacks and the stream handshake are
-signed and checked) and a temporary ``MEDIA_ROOT``. Tests use it with
+carrier, the offline engines, a transfer number (``HUMAN_AGENT_NUMBER``), an auth token (so status
+callbacks and the stream handshake are signed and checked) and a temporary ``MEDIA_ROOT``. Tests use it with
 ``django_db(transaction=True)`` so both processes see the rows.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def daphne_server(
         "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
         "TWILIO_FROM_NUMBER": "+15005550006",
         "DIAL_ALLOWED_DESTINATIONS": "",
-        "HUMAN_AGENT_NUMBER": "",
+        "HUMAN_AGENT_NUMBER": "+15005550199",  # as `manage.py demo` sets for its server: transfers work
         "STT_ENGINE": "offline",
         "LLM_ENGINE": "scripted",
         "TTS_ENGINE": "offline",

@@ -10,6 +10,7 @@ On PostgreSQL when the suite runs on it (CI sets ``DATABASE_URL``), else on the 
 from __future__ import annotations
 
 import io
+import json
 import wave
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,17 @@ import pytest
 from django.core.management import call_command
 
 from calls.emulator import live
+from calls.emulator.scenario import Step, load_scenario
 from calls.models import Call, CallStatus, EndReason, EventKind, TurnRole
+from media_ws.audio import ulaw_to_pcm16
 from tests.e2e.conftest import AUTH_TOKEN, DaphneServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 #: The barge-in detector's bound on this audio (mission: detection within 100 ms of caller audio).
 DETECTION_BOUND_MS = 100
+#: Speech onsets of the caller fixtures, labelled by a reference VAD (lab/label_onsets.py).
+LABELS = Path(__file__).resolve().parents[1] / "fixtures" / "audio" / "labels.json"
 
 
 @pytest.fixture
@@ -39,6 +44,27 @@ def token(django_user_model: Any) -> str:
 def words_prefix(heard: str, said: str) -> bool:
     h, s = heard.split(), said.split()
     return 0 < len(h) < len(s) and s[: len(h)] == h
+
+
+def labelled_onset_in_clip(step: Step) -> int:
+    """Where speech starts in a ``say`` step's clip, ms from the clip's start: the labelled onset of
+    the first utterance of its recording that is still going at ``from_ms``."""
+    start, _ = step.clip
+    utterances = json.loads(LABELS.read_text())["fixtures"][step.recording]["utterances"]
+    onset = next(u["onset_ms"] for u in utterances if u["end_ms"] > start)
+    return max(onset, start) - start
+
+
+def clip_start_ms(data: bytes, clip_ulaw: bytes) -> int:
+    """Where ``clip_ulaw`` starts in the caller's (left) channel of a stereo 8 kHz recording, ms.
+    The emulator sends line silence (μ-law 0xFF, PCM 0) while the callee says nothing, so the first
+    non-zero sample belongs to the clip; the whole clip must be there, sample for sample."""
+    with wave.open(io.BytesIO(data), "rb") as w:
+        left = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)[:, 0]
+    clip = np.frombuffer(ulaw_to_pcm16(clip_ulaw), dtype="<i2")
+    start = int(np.flatnonzero(left)[0]) - int(np.flatnonzero(clip)[0])
+    assert start >= 0 and np.array_equal(left[start : start + len(clip)], clip)
+    return start // 8
 
 
 def stereo_levels(data: bytes, windows: list[tuple[int, int]]) -> list[tuple[float, float]]:
@@ -91,17 +117,21 @@ def test_an_outbound_call_through_the_api_barges_in_and_is_logged_completely(
     assert turns[-1].role == TurnRole.BOT and turns[-1].text == "Thank you for calling. Goodbye!"
     assert not turns[-1].interrupted
 
-    # The barge-in on the greeting: caller speech, detected within the bound.
+    # The barge-in on the greeting: caller speech, decided within the bound of its true onset: where
+    # the caller's clip starts in the recording plus the labelled onset inside the clip.
     barge_in = call.events.filter(kind=EventKind.BARGE_IN).order_by("at", "id").first()
     assert barge_in is not None and barge_in.data["cause"] == "speech"
-    assert 0 <= barge_in.data["detection_latency_ms"] <= DETECTION_BOUND_MS
+    path = daphne_server.media_root / "recordings" / f"{sid}.wav"
+    data = path.read_bytes()
+    step = load_scenario("default").steps[0]
+    true_onset = clip_start_ms(data, step.audio) + labelled_onset_in_clip(step)
+    decided = barge_in.data["decided_ms"]
+    assert 0 <= decided - true_onset <= DETECTION_BOUND_MS, (decided, true_onset, barge_in.data)
     assert barge_in.data["heard_text"] == greeting.heard_text
     assert [e.data["digit"] for e in call.events.filter(kind=EventKind.DTMF)] == ["#"]
 
     # The recording: a stereo WAV, caller on the left from the barge-in on, the greeting on the right.
-    path = daphne_server.media_root / "recordings" / f"{sid}.wav"
     assert call.recording.name == f"recordings/{sid}.wav" and path.is_file()
-    data = path.read_bytes()
     onset = barge_in.data["onset_ms"]
     (before, during) = stereo_levels(data, [(200, onset - 100), (onset + 100, onset + 2000)])
     assert before[0] < -80 and before[1] > -40  # the bot greets, the caller listens
@@ -118,8 +148,9 @@ def test_an_outbound_call_through_the_api_barges_in_and_is_logged_completely(
     assert f"detected in {barge_in.data['detection_latency_ms']} ms" in summary and str(path) in summary
 
 
-def test_place_call_runs_the_callee_in_the_shell_against_the_server(daphne_server: DaphneServer, settings,
-                                                                    tmp_path: Path):
+@pytest.fixture
+def shell_settings(daphne_server: DaphneServer, settings, tmp_path: Path) -> Any:
+    """This process as a shell next to the server: the same carrier, token and public URL."""
     settings.CARRIER = "emulator"
     settings.PUBLIC_BASE_URL = daphne_server.base_url
     settings.TWILIO_AUTH_TOKEN = AUTH_TOKEN
@@ -129,13 +160,41 @@ def test_place_call_runs_the_callee_in_the_shell_against_the_server(daphne_serve
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.EMULATOR_ANSWER_AFTER_MS = 300
     settings.EMULATOR_SCENARIO_DIRS = []
+    return settings
+
+
+def test_place_call_places_through_the_server_so_its_transfer_reaches_the_call(
+    daphne_server: DaphneServer, shell_settings
+):
     out = io.StringIO()
-    call_command("place_call", "--scenario", "interrupts-greeting", "--timeout", "60", stdout=out)
+    call_command("place_call", "--scenario", "asks-for-person", "--timeout", "60", stdout=out)
     text = out.getvalue()
     call = Call.objects.get()
+    assert call.created_by is not None and call.created_by.username == "demo"  # through the API
+    assert (f"Calling +15005550102 from +15005550006 via emulator: {call.call_sid} "
+            f"(callee scenario: asks-for-person; placed by the server") in text
+    # The bot's transfer went through the server's carrier to the emulated call, which dialed.
+    assert call.transfer_to == "+15005550199" and call.end_reason == EndReason.TRANSFERRED, text
+    assert call.status == CallStatus.COMPLETED
+    assert not call.events.filter(kind=EventKind.ERROR).exists()
+    assert "↪  transferred to +15005550199" in text and "Summary" in text
+    assert (daphne_server.media_root / "recordings" / f"{call.call_sid}.wav").is_file()
+    assert f"/admin/calls/call/{call.pk}/change/" in text
+
+
+def test_place_call_in_process_runs_the_callee_in_the_shell_against_the_server(
+    daphne_server: DaphneServer, shell_settings
+):
+    out = io.StringIO()
+    call_command("place_call", "--in-process", "--scenario", "interrupts-greeting", "--timeout", "60",
+                 stdout=out)
+    text = out.getvalue()
+    call = Call.objects.get()
+    assert call.created_by is None  # placed here, not through the API
     assert f"Calling +15005550101 from +15005550006 via emulator: {call.call_sid}" in text
+    assert "placed by the server" not in text
     assert "⚡  barge-in: caller speech detected" in text and "Summary" in text
     assert call.status == CallStatus.COMPLETED and call.end_reason == EndReason.CALLER_HANGUP
-    recording = Path(settings.MEDIA_ROOT) / "recordings" / f"{call.call_sid}.wav"
+    recording = Path(shell_settings.MEDIA_ROOT) / "recordings" / f"{call.call_sid}.wav"
     assert recording.is_file() and str(recording) in text
     assert f"/admin/calls/call/{call.pk}/change/" in text

@@ -25,7 +25,6 @@ from twilio.request_validator import RequestValidator
 from calls import services
 from calls.carriers import CarrierError
 from calls.carriers.emulator import EMULATOR_ACCOUNT_SID
-from calls.emulator import call as emulated_call
 from calls.emulator.call import CallOrder, EmulatedCall, StreamTwiml
 from calls.emulator.exchange import Exchange
 from calls.emulator.scenario import load_scenario
@@ -217,9 +216,9 @@ STOP_DELAYS = pytest.mark.parametrize(
 
 @STOP_DELAYS
 def test_a_hangup_through_the_carrier_stops_the_stream_and_completes_the_call(
-    inprocess_exchange, token, stop_delay_ms, monkeypatch
+    inprocess_exchange, settings, token, stop_delay_ms
 ):
-    monkeypatch.setattr(emulated_call, "UPDATE_STOP_DELAY_MS", stop_delay_ms)
+    settings.EMULATOR_UPDATE_DELAY_MS = stop_delay_ms
     call = services.place_call(to="+15005550104", greeting=GREETING)  # stays-silent, by its number
     wait_until(lambda: streaming(call))
     time.sleep(0.5)
@@ -238,11 +237,31 @@ def test_a_hangup_through_the_carrier_stops_the_stream_and_completes_the_call(
     assert info.value.code == "20404" and info.value.call_not_active
 
 
+@pytest.mark.parametrize("delay_ms", [0, 800])
+def test_the_stream_stops_emulator_update_delay_ms_after_the_carrier_accepts_a_hangup(
+    inprocess_exchange, settings, delay_ms
+):
+    settings.EMULATOR_UPDATE_DELAY_MS = delay_ms
+    call = services.place_call(to="+15005550104", greeting=GREETING)
+    wait_until(lambda: streaming(call))
+    (start,) = events(call, EventKind.STREAM_START)
+    time.sleep(0.5)
+    asked = timezone.now()
+    inprocess_exchange.hangup(call.call_sid)  # the carrier alone: nobody tells the session
+    outcome = inprocess_exchange.wait(call.call_sid, 30)
+    assert (outcome.status, outcome.ended_by) == ("completed", "rest-hangup")
+    (stop,) = events(call, EventKind.STREAM_STOP)
+    assert stop.data["cause"] == "stop"
+    # On the call clock (0 when the stream started): from the accepted request to Twilio's stop.
+    asked_ms = (asked - start.at).total_seconds() * 1000
+    assert delay_ms - 150 <= stop.audio_ms - asked_ms <= delay_ms + 250
+
+
 @STOP_DELAYS
 def test_a_transfer_through_the_carrier_ends_the_stream_and_records_the_dial_target(
-    inprocess_exchange, settings, token, stop_delay_ms, monkeypatch
+    inprocess_exchange, settings, token, stop_delay_ms
 ):
-    monkeypatch.setattr(emulated_call, "UPDATE_STOP_DELAY_MS", stop_delay_ms)
+    settings.EMULATOR_UPDATE_DELAY_MS = stop_delay_ms
     settings.TRANSFER_ANNOUNCEMENT = "Please hold."
     call = services.place_call(to="+15005550104", greeting=GREETING)
     wait_until(lambda: streaming(call))
@@ -278,9 +297,9 @@ def test_a_call_hung_up_while_ringing_is_canceled_and_cannot_be_transferred(inpr
 
 @STOP_DELAYS
 def test_the_bot_transfers_a_caller_who_asks_for_a_person(
-    inprocess_exchange, settings, stop_delay_ms, monkeypatch
+    inprocess_exchange, settings, stop_delay_ms
 ):
-    monkeypatch.setattr(emulated_call, "UPDATE_STOP_DELAY_MS", stop_delay_ms)
+    settings.EMULATOR_UPDATE_DELAY_MS = stop_delay_ms
     settings.HUMAN_AGENT_NUMBER = "+15005550199"
     call = services.place_call(to="+15005550102", greeting="Hi, this is the clinic.")  # asks-for-person
     outcome = inprocess_exchange.wait(call.call_sid, 60)
@@ -394,3 +413,99 @@ def test_a_late_transcript_does_not_cut_the_goodbye_of_a_keypress_that_came_afte
     assert [t.role for t in turns] == ["bot", "caller", "caller", "bot"]
     assert turns[2].text == "[The caller pressed # on the keypad]"
     assert turns[3].text == settings.GOODBYE_LINE and not turns[3].interrupted
+
+
+# ---- scenario features, run against the real app ------------------------------------------------------
+
+
+def logged_at(outcome: Any, text: str) -> int:
+    """The call-clock ms of the scenario log line containing ``text``."""
+    assert outcome.scenario is not None
+    (at,) = [ms for ms, line in outcome.scenario.log if text in line]
+    return at
+
+
+def test_an_at_ms_trigger_and_a_silence_step_keep_their_times(inprocess_exchange, settings, tmp_path):
+    scenario_dir(
+        tmp_path,
+        settings,
+        timed="[[steps]]\nat_ms = 1500\nsilence_ms = 700\n\n[[steps]]\nhangup = true\n",
+    )
+    call = services.place_call(to="+15005550100", greeting=GREETING, metadata={"scenario": "timed"})
+    outcome = inprocess_exchange.wait(call.call_sid, 30)
+    assert outcome.scenario is not None
+    assert (outcome.scenario.steps_done, outcome.scenario.hung_up, outcome.scenario.error) == (2, True, "")
+    assert outcome.ended_by == "caller"
+    silence = logged_at(outcome, "step 1: at 1500 ms, stay silent 700 ms")
+    hangup = logged_at(outcome, "step 2: next, hang up")
+    assert abs(silence - 1500) <= 40
+    assert abs(hangup - (silence + 700)) <= 40
+    call.refresh_from_db()
+    assert call.end_reason == EndReason.CALLER_HANGUP and call.status == CallStatus.COMPLETED
+    (stop,) = events(call, EventKind.STREAM_STOP)
+    assert abs(stop.audio_ms - hangup) <= 100  # the caller's stop ended the stream there
+
+
+def test_a_step_whose_trigger_does_not_come_in_time_gives_up_and_hangs_up(
+    inprocess_exchange, settings, tmp_path
+):
+    scenario_dir(
+        tmp_path,
+        settings,
+        impatient=(
+            "[[steps]]\nat_ms = 1000\nsilence_ms = 100\n\n"
+            "[[steps]]\nnote = 'waits for the end of the greeting'\nafter_bot_stops_ms = 100\n"
+            "timeout_ms = 800\nsay = \"clone_test\"\n\n"
+            "[[steps]]\ndtmf = \"#\"\n"
+        ),
+    )
+    call = services.place_call(to="+15005550100", greeting=GREETING, metadata={"scenario": "impatient"})
+    outcome = inprocess_exchange.wait(call.call_sid, 30)
+    result = outcome.scenario
+    assert result is not None and result.hung_up and result.steps_done == 1
+    assert result.error.startswith("step 2: 100 ms after the bot stops, say clone_test")
+    assert result.error.endswith("its trigger did not come within 800 ms")
+    waited_from = logged_at(outcome, "step 1: at 1000 ms") + 100
+    gave_up = logged_at(outcome, "giving up")
+    assert abs(gave_up - (waited_from + 800)) <= 40
+    assert outcome.ended_by == "caller"
+    call.refresh_from_db()
+    assert call.end_reason == EndReason.CALLER_HANGUP
+    assert events(call, EventKind.DTMF) == []  # the steps after the timeout never ran
+    greeting = call.turns.get(index=0)
+    assert greeting.text == GREETING and greeting.heard_text != GREETING  # hung up on mid-greeting
+
+
+def test_the_says_goodbye_caller_is_sent_off_by_the_bot(inprocess_exchange, settings):
+    settings.DEFAULT_GREETING = "Hi, this is the clinic calling."
+    call = services.place_call(to="+15005550103")  # says-goodbye, by its number
+    outcome = inprocess_exchange.wait(call.call_sid, 60)
+    result, log = outcome.scenario, outcome.stream_log
+    assert result is not None and log is not None
+    assert (result.steps_done, result.hung_up, result.error) == (2, False, "")
+    assert outcome.ended_by == "rest-hangup"  # the bot's end_call
+
+    # Step 1 speaks 600 ms after the greeting has played out (the playout clock: each media message
+    # plays after the audio queued before it, from when it arrived).
+    spoke = logged_at(outcome, "step 1: 600 ms after the bot stops, say beckett [7900-9200 ms]")
+    greeting_end = 0
+    for message in log.bot_messages:
+        if message.at_ms >= spoke:
+            break
+        if message.kind == "media":
+            greeting_end = max(greeting_end, message.at_ms) + message.size // 8
+    assert abs(spoke - (greeting_end + 600)) <= 40
+    # Step 2 presses # 800 ms into the bot's reply.
+    pressed = logged_at(outcome, "step 2: 800 ms into the bot's speech, press #")
+    reply_start = next(m.at_ms for m in log.bot_messages if m.kind == "media" and m.at_ms > spoke)
+    assert abs(pressed - (reply_start + 800)) <= 40
+
+    call.refresh_from_db()
+    assert call.status == CallStatus.COMPLETED and call.end_reason == EndReason.BOT_HANGUP
+    turns = list(call.turns.order_by("index"))
+    assert not turns[0].interrupted and turns[0].heard_text == turns[0].text  # heard in full
+    assert [t.role for t in turns[:2]] == ["bot", "caller"]
+    assert turns[-1].text == settings.GOODBYE_LINE and not turns[-1].interrupted
+    assert [e.data["digit"] for e in events(call, EventKind.DTMF)] == ["#"]
+    assert [e.data["cause"] for e in events(call, EventKind.BARGE_IN)] == ["dtmf"]
+    assert call.recording.name == f"recordings/{call.call_sid}.wav"

@@ -35,7 +35,7 @@ def test_turns_and_barge_ins_are_printed_once_as_they_appear():
     assert lines == ["          ☎  status in-progress", f"   0.0 s  bot     “{GREETING}”"]
 
     Turn.objects.filter(pk=greeting.pk).update(heard_text="Hello! This is", interrupted=True,
-                                               ended_at=timezone.now())
+                                               ended_at=timezone.now(), audio_end_ms=1441)
     event(call, EventKind.BARGE_IN, 1440, cause="speech", onset_ms=1400, decided_ms=1440,
           detection_latency_ms=40, clear_send_ms=0.05, cleared_marks=12)
     Turn.objects.create(call=call, index=1, role=TurnRole.CALLER, text="ever tried", approximate=True,
@@ -47,10 +47,10 @@ def test_turns_and_barge_ins_are_printed_once_as_they_appear():
     del lines[:]
     printer.update(call_snapshot(call.call_sid))
     assert lines == [
-        "                  ✂  interrupted; the caller heard “Hello! This is”",
         "   1.4 s  caller  “ever tried”  (offline STT, approximate)",
         "   1.4 s  ⚡  barge-in: caller speech detected 40 ms after its onset; "
         "clear sent in 0.05 ms, 12 marks cleared",
+        "                  ✂  interrupted; the caller heard “Hello! This is”",  # after what cut it
         "   3.3 s  bot     “Sorry, I didn't catch that.”",
         "                  ⏱  STT final +1000 ms · LLM first token +1001 ms · TTS first byte +1010 ms · "
         "first audio +1012 ms · voice-to-voice 1012 ms",
@@ -59,6 +59,25 @@ def test_turns_and_barge_ins_are_printed_once_as_they_appear():
     del lines[:]
     printer.update(call_snapshot(call.call_sid))
     assert lines == []  # nothing new, nothing printed again
+
+
+def test_a_cut_without_a_stored_audio_end_follows_the_barge_in_that_caused_it():
+    call = make_call()
+    lines: list[str] = []
+    printer = live.CallPrinter(lines.append)
+    Turn.objects.create(call=call, index=0, role=TurnRole.BOT, text=GREETING, first_audio_ms=40)
+    Turn.objects.create(call=call, index=1, role=TurnRole.BOT, text="Sorry, I didn't catch that.",
+                        first_audio_ms=18800, heard_text="Sorry, I", interrupted=True,
+                        ended_at=timezone.now())
+    event(call, EventKind.DTMF, 19600, digit="#")
+    event(call, EventKind.BARGE_IN, 19600, cause="dtmf", clear_send_ms=0.12, cleared_marks=53)
+    printer.update(call_snapshot(call.call_sid))
+    assert lines[-4:] == [
+        "  18.8 s  bot     “Sorry, I didn't catch that.”",
+        "  19.6 s  ⌨  caller pressed #",
+        "  19.6 s  ⚡  barge-in: a key press; clear sent in 0.12 ms, 53 marks cleared",
+        "                  ✂  interrupted; the caller heard “Sorry, I”",
+    ]
 
 
 def test_a_call_is_finished_once_the_emulators_final_callback_is_in():

@@ -15,9 +15,12 @@ Protocol facts it reproduces (twilio.com/docs/voice/api/call-resource and refere
 
 Test controls: ``fail_next(code, message, status)`` programs the next matching request to fail,
 ``delay_s`` holds every answer (for client timeouts), ``set_status(sid, status)`` moves a call on
-(e.g. to ``in-progress`` as if answered). Every request is recorded in ``requests`` with its
-method, path and form fields as lists (repeated fields such as ``StatusCallbackEvent`` keep every
-value).
+(e.g. to ``in-progress`` as if answered), ``callbacks_before_create`` lists call statuses to post
+to the new call's ``StatusCallback`` before the create request is answered (a callback that
+overtakes the REST response, as Twilio's can), form-encoded with Twilio's parameters and signed
+with the auth token (``X-Twilio-Signature``); their HTTP statuses go to ``callback_results``.
+Every request is recorded in ``requests`` with its method, path and form fields as lists
+(repeated fields such as ``StatusCallbackEvent`` keep every value).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
+from twilio.request_validator import RequestValidator
 
 ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
 AUTH_TOKEN = "fake-auth-token-0123456789abcdef"
@@ -79,6 +84,8 @@ class FakeTwilioREST:
     delay_s: float = 0.0
     requests: list[RecordedRequest] = field(default_factory=list)
     calls: dict[str, dict[str, Any]] = field(default_factory=dict)
+    callbacks_before_create: list[str] = field(default_factory=list)
+    callback_results: list[tuple[str, int | str]] = field(default_factory=list)
     _errors: list[_ProgrammedError] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _closing: threading.Event = field(default_factory=threading.Event)
@@ -146,7 +153,9 @@ class FakeTwilioREST:
                 return 404, _not_found(path)
             if method != "POST":
                 return 405, _error(20004, "Method not allowed", 405)
-            return self._create(one("To"), one("From"), one("Url"), one("Twiml"), one("ApplicationSid"))
+            return self._create(
+                one("To"), one("From"), one("Url"), one("Twiml"), one("ApplicationSid"), one("StatusCallback")
+            )
         if match := _CALL.match(path):
             with self._lock:
                 call = self.calls.get(match["sid"])
@@ -163,7 +172,13 @@ class FakeTwilioREST:
         return "Basic " + base64.b64encode(f"{self.account_sid}:{self.auth_token}".encode()).decode()
 
     def _create(
-        self, to: str | None, from_: str | None, url: str | None, twiml: str | None, app: str | None
+        self,
+        to: str | None,
+        from_: str | None,
+        url: str | None,
+        twiml: str | None,
+        app: str | None,
+        status_callback: str | None = None,
     ) -> tuple[int, Any]:
         if not to:
             return 400, _error(21201, "No 'To' number is specified", 400)
@@ -206,7 +221,36 @@ class FakeTwilioREST:
         }
         with self._lock:
             self.calls[sid] = call
+        if status_callback:
+            for sequence, status in enumerate(self.callbacks_before_create):
+                self._post_status_callback(status_callback, call, status, sequence)
         return 201, call
+
+    def _post_status_callback(self, url: str, call: dict[str, Any], status: str, sequence: int) -> None:
+        """POST a status callback for ``call`` to ``url`` as Twilio does: form-encoded, signed."""
+        params = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": "2010-04-01",
+            "CallSid": call["sid"],
+            "CallStatus": status,
+            "Direction": "outbound-api",
+            "From": call["from"],
+            "To": call["to"],
+            "Called": call["to"],
+            "Caller": call["from"],
+            "SequenceNumber": str(sequence),
+            "Timestamp": formatdate(usegmt=True).replace("GMT", "+0000"),
+            "CallbackSource": "call-progress-events",
+        }
+        signature = RequestValidator(self.auth_token).compute_signature(url, params)
+        try:
+            response = httpx.post(url, data=params, headers={"X-Twilio-Signature": signature}, timeout=10,
+                                  trust_env=False)
+            result: int | str = response.status_code
+        except httpx.HTTPError as exc:
+            result = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            self.callback_results.append((status, result))
 
     def _update(
         self, call: dict[str, Any], status: str | None, twiml: str | None, url: str | None

@@ -9,6 +9,10 @@
    (with their detection latency and ``clear`` send time) and per-turn latencies;
 5. prints the summary (duration, turns, barge-ins, the recording, the admin URL) and stops Daphne.
 
+It fails (non-zero exit, with the reason) when the call did not end ``completed`` and, for the
+``default`` scenario (the demo's point: a caller barging in on the bot), when the call has no
+barge-in or no recording file.
+
 It never hangs: everything is bounded by ``--timeout`` (100 s by default), after which it stops
 the server and fails with the server log's last lines.
 """
@@ -48,6 +52,45 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def demo_token() -> str:
+    """The API token of the ``demo`` user, both created if missing (the user has no password: API
+    access only). ``place_call`` uses it too, to place calls through the server."""
+    user, created = get_user_model().objects.get_or_create(username=DEMO_USER)
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+    token, _ = Token.objects.get_or_create(user=user)
+    return str(token.key)
+
+
+def api_client(base_url: str, token: str) -> httpx.Client:
+    """An HTTP client for the call API at ``base_url`` with ``Authorization: Token <token>``."""
+    return httpx.Client(base_url=base_url, headers={"Authorization": f"Token {token}"}, timeout=10,
+                        trust_env=False)
+
+
+def post_outbound(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    """``POST /calls/outbound`` with ``body``; the created call (JSON). Raises ``CommandError`` with
+    the server's answer unless it is ``201``."""
+    response = http.post("/calls/outbound", json=body)
+    if response.status_code != 201:
+        raise CommandError(f"POST /calls/outbound answered {response.status_code}: {response.text}")
+    return dict(response.json())
+
+
+def demo_problems(scenario: str, snapshot: dict[str, Any], recording: Path) -> list[str]:
+    """What is wrong with a finished demo call (``snapshot``: ``GET /calls/<sid>``); empty if nothing."""
+    problems = []
+    if snapshot.get("status") != "completed":
+        problems.append(f"the call ended with status {snapshot.get('status')}")
+    if scenario == "default":  # the caller barges in on the greeting: that is what the demo shows
+        if not any(e.get("kind") == "barge_in" for e in snapshot.get("events") or []):
+            problems.append("the default scenario's caller barged in, but no barge-in was logged")
+        if not recording.is_file():
+            problems.append(f"no recording was written at {recording}")
+    return problems
+
+
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -80,7 +123,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         database = settings.DATABASES["default"]
         out(f"  • database ready ({database['ENGINE'].rsplit('.', 1)[-1]}: {database['NAME']})")
-        token = self._demo_token()
+        token = demo_token()
         out(f"  • user {DEMO_USER!r} with an API token")
 
         port = options["port"] or free_port()
@@ -88,15 +131,11 @@ class Command(BaseCommand):
         log_path = Path(tempfile.gettempdir()) / f"voicebot-demo-daphne-{port}.log"
         server = self._start_daphne(port, base, log_path, configured=options["configured_engines"])
         try:
-            http = httpx.Client(base_url=base, headers={"Authorization": f"Token {token}"}, timeout=10,
-                                trust_env=False)
+            http = api_client(base, token)
             self._wait_ready(http, server, log_path, deadline)
             out(f"  • Daphne serving {base} (HTTP and the /media-stream WebSocket; log {log_path})")
             to = scenario.number or "+15005550100"
-            response = http.post("/calls/outbound", json={"to": to, "metadata": {"scenario": name}})
-            if response.status_code != 201:
-                raise CommandError(f"POST /calls/outbound answered {response.status_code}: {response.text}")
-            created = response.json()
+            created = post_outbound(http, {"to": to, "metadata": {"scenario": name}})
             sid = created["call_sid"]
             out(f"  • POST /calls/outbound → 201: {sid} ({created['status']}), calling {to}")
             out("")
@@ -127,19 +166,11 @@ class Command(BaseCommand):
             admin_url=f"{admin}  (after `make run`; log in with a staff user: manage.py createsuperuser)",
         ):
             out(line)
-        if snapshot.get("status") != "completed":
-            raise CommandError(f"the call ended with status {snapshot.get('status')}")
+        problems = demo_problems(name, snapshot, recording)
+        if problems:
+            raise CommandError(f"the demo call {sid} failed: " + "; ".join(problems))
 
     # ---- steps ----------------------------------------------------------------------------------
-    @staticmethod
-    def _demo_token() -> str:
-        user, created = get_user_model().objects.get_or_create(username=DEMO_USER)
-        if created:  # API access only: no password to log in with
-            user.set_unusable_password()
-            user.save(update_fields=["password"])
-        token, _ = Token.objects.get_or_create(user=user)
-        return str(token.key)
-
     def _start_daphne(
         self, port: int, base: str, log_path: Path, *, configured: bool
     ) -> subprocess.Popen[bytes]:

@@ -1,15 +1,19 @@
 """``manage.py place_call [+E164] [--scenario NAME]``: place a call from the shell and watch it live.
 
-The call is placed through ``calls.services.place_call`` in this process. With the emulated
-carrier the emulated callee therefore runs here too: it connects to the server at
-``PUBLIC_BASE_URL`` (start it first, e.g. ``make run``) and plays the scenario, while this command
-prints the live transcript, barge-ins and latencies from the database, then a summary.
+With Twilio the call is placed through ``calls.services.place_call`` in this process.
 
+With the emulated carrier the server at ``PUBLIC_BASE_URL`` must be running (e.g. ``make run``):
+the emulated callee connects to its ``/media-stream``. The call is placed through the server's
+``POST /calls/outbound`` (as the ``demo`` user, whose API token is created if missing, as
+``manage.py demo`` does), so the emulated call lives in the server's process and the server's
+hang-ups and transfers reach it. When the server does not accept that token (it uses another
+database), or with ``--in-process``, the call is placed here instead: the callee then runs in this
+process and connects to the server, and a transfer the server asks for reaches no emulated call
+(the carrier answers 20404 and the bot says it cannot transfer).
+
+Either way the command prints the live transcript, barge-ins and latencies, then a summary.
 The callee is ``--scenario``, else the scenario whose ``number`` is the dialed number, else
 ``EMULATOR_DEFAULT_SCENARIO``. Without a number, the scenario's own number is dialed.
-A call placed here lives in this process: a transfer the server asks for reaches no emulated call
-there (the carrier answers 20404 and the bot says it cannot transfer); ``manage.py demo
---scenario asks-for-person`` shows transfers.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from calls.carriers import carrier_name
 from calls.emulator import live
 from calls.emulator.scenario import ScenarioError, available_scenarios, load_scenario
 from calls.errors import CallControlError, PlaceCallFailed
+from calls.management.commands.demo import api_client, demo_token, post_outbound
 from calls.models import Call
 
 
@@ -37,11 +42,11 @@ def call_snapshot(call_sid: str) -> dict[str, Any]:
     return dict(CallDetailSerializer(call).data)
 
 
-def admin_url(call: Any) -> str:
-    """The call's page in the admin, on ``PUBLIC_BASE_URL``."""
+def admin_url(call_id: Any) -> str:
+    """The page of the call with primary key ``call_id`` in the admin, on ``PUBLIC_BASE_URL``."""
     from django.urls import reverse
 
-    return settings.PUBLIC_BASE_URL + reverse("admin:calls_call_change", args=[call.pk])
+    return settings.PUBLIC_BASE_URL + reverse("admin:calls_call_change", args=[call_id])
 
 
 class Command(BaseCommand):
@@ -53,6 +58,9 @@ class Command(BaseCommand):
         parser.add_argument("--greeting", help="the bot's first words (default DEFAULT_GREETING)")
         parser.add_argument("--instructions", help="the LLM system prompt (default DEFAULT_INSTRUCTIONS)")
         parser.add_argument("--timeout", type=float, default=180.0, help="give up after this many seconds")
+        parser.add_argument("--in-process", action="store_true",
+                            help="emulated carrier: place the call from this process, not through the "
+                                 "server's API (the server's transfers cannot reach it then)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         emulated = carrier_name() == "emulator"
@@ -72,6 +80,8 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             to = to or (scenario.number if scenario else "") or "+15005550100"
             self._check_server()
+            if not options["in_process"] and self._place_through_server(to, metadata, options):
+                return
         elif options["scenario"]:
             raise CommandError("--scenario needs the emulated carrier (CARRIER=emulator)")
         elif not to:
@@ -88,18 +98,49 @@ class Command(BaseCommand):
         callee = f" (callee scenario: {scenario_name})" if emulated else ""
         self.stdout.write(f"Calling {call.to_number} from {call.from_number} via {call.carrier}: "
                           f"{call.call_sid}{callee}")
+        self._follow(lambda: call_snapshot(call.call_sid), call.call_sid, call.pk, options["timeout"])
+
+    def _place_through_server(self, to: str, metadata: dict[str, Any], options: dict[str, Any]) -> bool:
+        """Place the call with the server's ``POST /calls/outbound`` and follow it over the API;
+        ``False`` (nothing placed) when the server does not know the ``demo`` user's token."""
+        http = api_client(settings.PUBLIC_BASE_URL, demo_token())
         try:
-            snapshot = live.follow(lambda: call_snapshot(call.call_sid), self.stdout.write,
-                                   timeout_s=options["timeout"])
+            if http.get("/calls/", params={"page_size": 1}).status_code == 401:
+                self.stdout.write(f"The server at {settings.PUBLIC_BASE_URL} does not accept the demo "
+                                  "user's token (another database?): placing the call from this process; "
+                                  "the server's transfers will not reach it.")
+                return False
+            body = {"to": to, "metadata": metadata}
+            body.update({k: options[k] for k in ("greeting", "instructions") if options[k]})
+            created = post_outbound(http, body)
+            sid = created["call_sid"]
+            scenario_name = metadata.get("scenario") or "by number or default"
+            self.stdout.write(f"Calling {created['to']} from {created['from']} via {created['carrier']}: "
+                              f"{sid} (callee scenario: {scenario_name}; placed by the server, "
+                              f"POST {settings.PUBLIC_BASE_URL}/calls/outbound)")
+
+            def fetch() -> dict[str, Any]:
+                reply = http.get(f"/calls/{sid}")
+                reply.raise_for_status()
+                return dict(reply.json())
+
+            self._follow(fetch, sid, created["id"], options["timeout"])
+        except httpx.HTTPError as exc:
+            raise CommandError(f"lost the server at {settings.PUBLIC_BASE_URL}: {exc}") from exc
+        finally:
+            http.close()
+        return True
+
+    def _follow(self, fetch: Any, call_sid: str, call_id: Any, timeout_s: float) -> None:
+        """Print the call live until it ends, then the summary."""
+        try:
+            snapshot = live.follow(fetch, self.stdout.write, timeout_s=timeout_s)
         except TimeoutError as exc:
             raise CommandError(str(exc)) from exc
-        call.refresh_from_db()
-        path = Path(call.recording.path) if call.recording else None
+        path = Path(settings.MEDIA_ROOT) / "recordings" / f"{call_sid}.wav"
         self.stdout.write("")
         for line in live.summary_lines(
-            snapshot,
-            recording_path=str(path) if path and path.exists() else "",
-            admin_url=admin_url(call),
+            snapshot, recording_path=str(path) if path.is_file() else "", admin_url=admin_url(call_id)
         ):
             self.stdout.write(line)
 
