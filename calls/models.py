@@ -158,6 +158,7 @@ class EventKind(models.TextChoices):
     TOOL_CALL = "tool_call", "tool call"
     SILENCE = "silence", "silence timeout"
     PROTOCOL_ERROR = "protocol_error", "protocol error"
+    WARNING = "warning", "warning"
     ERROR = "error", "error"
 
 

@@ -56,6 +56,14 @@ class CallHandle(abc.ABC):
         Returns False if playback was cut by a barge-in or ``timeout_s`` passed first.
         """
 
+    def response_interrupted(self) -> bool:
+        """Whether the caller cut the bot's current response (speech, a keypress or ``clear()``).
+
+        Tells a ``wait_for_playback()`` that returned False because of a barge-in from one that ran
+        out of time (marks not echoed). This base implementation knows of no response: False.
+        """
+        return False
+
     @abc.abstractmethod
     async def hangup(self, reason: str = "bot-hangup") -> None:
         """End the phone call (carrier REST ``status=completed``) and close the stream cleanly."""

@@ -81,8 +81,9 @@ _SHUTDOWN_BUDGET_S = 5.5
 _LOG_WRITE_S = 3.0
 #: Messages of history sent to the LLM (the system prompt comes on top).
 _HISTORY_LIMIT = 40
-
-
+#: TTS failures that make the session speak with the offline voice for ``TTS_FAILOVER_COOLDOWN_S``:
+#: they would most likely happen again on the next sentence (and each timeout costs its wait again).
+_TTS_FAILOVER_KINDS = frozenset({"timeout", "unavailable", "auth"})
 @dataclass(eq=False)
 class Response:
     """One bot response: a generation of audio, its turn record and the task producing it."""
@@ -160,6 +161,10 @@ class CallSession(CallHandle):
         self._onset_ms: int | None = None
         self._speech_end_ms: int | None = None
         self._awaiting_transcript_until = 0.0
+        self._stt_apology_due = False  # STT failed for good while the caller spoke: apologise at its end
+
+        self._tts_failover_until = 0.0  # time.monotonic() until which the offline voice speaks
+        self._fallback_tts: TextToSpeech | None = None
 
         self._idle_since = time.monotonic()
         self._reprompts = 0
@@ -226,7 +231,7 @@ class CallSession(CallHandle):
             if decision is None:
                 continue
             if isinstance(decision, SpeechOnset):
-                if self.playback.is_playing and not self._ending:
+                if self._bot_talking() and not self._ending:
                     await self._barge_in(decision)
                 self._on_caller_speech_start(decision)
             elif isinstance(decision, SpeechEnd):
@@ -256,7 +261,7 @@ class CallSession(CallHandle):
         self.log.event(EventKind.DTMF, audio_ms=at, digit=dtmf.digit)
         if self._ending:
             return
-        if self.playback.is_playing:
+        if self._bot_talking():
             await self._barge_in(None, cause="dtmf")
         else:
             self._cancel_unspoken_response()
@@ -314,11 +319,27 @@ class CallSession(CallHandle):
         )
         if self._stt is not None:
             self._stt.caller_speech(False, end.end_ms)
+        if self._stt_apology_due:
+            self._stt_apology_due = False
+            self._awaiting_transcript_until = 0.0  # no transcript is coming for these words
+            self._say_soon(settings.APOLOGY_LINE)
+
+    def _bot_talking(self) -> bool:
+        """Whether caller speech now cuts the bot: its audio is unplayed at Twilio, or the current
+        response has sent audio and is not finished (the caller spoke in the gap while the next
+        sentence is still in TTS or the LLM). A response that has sent nothing yet is not cut here:
+        the caller may just be going on with their utterance (see ``_cancel_unspoken_response``)."""
+        if self.playback.is_playing:
+            return True
+        r = self._response
+        return r is not None and not r.finalized and not r.irreversible and self.playback.sent_ms(r.gen) > 0
 
     async def _barge_in(self, onset: SpeechOnset | None, cause: str = "speech", *, log: bool = True) -> None:
-        """Caller speech (or a keypress) while bot audio is unplayed: ``clear`` first, then cancel."""
+        """Caller speech (or a keypress) while the bot talks: ``clear`` first if any bot audio is
+        unplayed (always for ``cause="stop"``), then cancel the response's TTS and LLM stream."""
+        unplayed = self.playback.is_playing or cause == "stop"
         cut = self._cut_response()
-        await self._send_clear_and_cancel(cut, onset, cause, log=log)
+        await self._send_clear_and_cancel(cut, onset, cause, log=log, clear=unplayed)
 
     def _cut_response(self) -> tuple[Response | None, int]:
         """The synchronous half of a barge-in (no await, so nothing can slip in between).
@@ -335,12 +356,19 @@ class CallSession(CallHandle):
         return r, cleared
 
     async def _send_clear_and_cancel(
-        self, cut: tuple[Response | None, int], onset: SpeechOnset | None, cause: str, *, log: bool = True
+        self,
+        cut: tuple[Response | None, int],
+        onset: SpeechOnset | None,
+        cause: str,
+        *,
+        log: bool = True,
+        clear: bool = True,
     ) -> None:
         r, cleared = cut
         t0 = time.perf_counter()
-        await self._send(build_clear(self.stream_sid))  # the first await after the decision
-        clear_ms = round((time.perf_counter() - t0) * 1000, 3)
+        if clear:
+            await self._send(build_clear(self.stream_sid))  # the first await after the decision
+        clear_ms: float | None = round((time.perf_counter() - t0) * 1000, 3) if clear else None
         if (
             r is not None
             and not r.irreversible
@@ -353,7 +381,7 @@ class CallSession(CallHandle):
             return
         data: dict[str, Any] = {
             "cause": cause,
-            "clear_send_ms": clear_ms,
+            "clear_send_ms": clear_ms,  # None: nothing was unplayed, no clear was needed
             "cleared_marks": cleared,
             "heard_text": r.turn.heard_text if r else "",
             "generation": r.gen if r else None,
@@ -364,11 +392,11 @@ class CallSession(CallHandle):
             )
         self.log.event(EventKind.BARGE_IN, audio_ms=onset.decided_ms if onset else self.now_ms(), **data)
         logger.info(
-            "call %s: barge-in (%s) after %s ms of caller audio; clear sent in %.2f ms",
+            "call %s: barge-in (%s) after %s ms of caller audio; clear sent in %s ms",
             self.call_sid,
             cause,
             data.get("detection_latency_ms", "-"),
-            clear_ms,
+            "-" if clear_ms is None else f"{clear_ms:.2f}",
         )
 
     def _cancel_unspoken_response(self) -> None:
@@ -396,7 +424,7 @@ class CallSession(CallHandle):
             try:
                 await stream.start()
                 self._stt = stream
-                if self.detector.speaking and self._onset_ms is not None:
+                if self.detector.speaking and self._onset_ms is not None and not self._stt_apology_due:
                     stream.caller_speech(True, self._onset_ms)
                 while self._stt_backlog:
                     payload, ms = self._stt_backlog.popleft()
@@ -407,6 +435,7 @@ class CallSession(CallHandle):
                     self._on_stt_event(event)
                 return  # closed normally (the call is ending)
             except STTError as exc:
+                mid_call = self._stt_ready
                 self._stt_ready = False
                 self.log.event(
                     EventKind.ERROR, audio_ms=self.now_ms(), stage="stt", kind=exc.kind, error=str(exc)
@@ -416,12 +445,40 @@ class CallSession(CallHandle):
                     await asyncio.wait_for(stream.close(), 2)
                 if self._ending:
                     return
+                lost = self._words_in_flight_lost() if mid_call else False
                 fallback = _offline_stt()
                 if fallback is None or type(engine) is type(fallback):
                     self._say_soon(settings.APOLOGY_LINE)
                     return
                 engine = fallback
-                self.log.event(EventKind.ERROR, audio_ms=self.now_ms(), stage="stt", fallback=engine.name)
+                self.log.event(
+                    EventKind.ERROR,
+                    audio_ms=self.now_ms(),
+                    stage="stt",
+                    fallback=engine.name,
+                    words_lost=lost,
+                )
+                if lost and not self.detector.speaking:
+                    self._say_soon(settings.APOLOGY_LINE)
+                elif lost:
+                    self._stt_apology_due = True  # said when the caller stops (not over their words)
+
+    def _words_in_flight_lost(self) -> bool:
+        """STT failed for good: were caller words under way that no engine will now transcribe?
+
+        Words already given as an interim transcript are kept (an approximate caller turn); the
+        caller still gets an apology, since their utterance never reached the LLM whole.
+        """
+        interim = self._interim.strip()
+        if interim:
+            self._record_caller_turn(
+                interim, start_ms=self._onset_ms, end_ms=self.now_ms(), approximate=True, spoken=True
+            )
+            self._interim = ""
+        awaiting = time.monotonic() < self._awaiting_transcript_until
+        if awaiting:
+            self._awaiting_transcript_until = 0.0
+        return bool(interim) or awaiting or self.detector.speaking
 
     def _on_stt_event(self, event: Any) -> None:
         if isinstance(event, Utterance):
@@ -434,8 +491,15 @@ class CallSession(CallHandle):
         elif isinstance(event, InterimTranscript):
             self._interim = event.text
         elif isinstance(event, TranscriptionGap):
+            # STT reconnected. Audio it could not replay is lost (an error); a reconnect that
+            # re-sent everything lost nothing, so it is only worth a warning.
             self.log.event(
-                EventKind.ERROR, audio_ms=self.now_ms(), stage="stt", gap_ms=event.gap_ms, reason=event.reason
+                EventKind.ERROR if event.gap_ms > 0 else EventKind.WARNING,
+                audio_ms=self.now_ms(),
+                stage="stt",
+                reconnected=True,
+                gap_ms=event.gap_ms,
+                reason=event.reason,
             )
         elif isinstance(event, SpeechStarted):
             pass  # our own detector decides barge-in; the engine's onset is informational
@@ -461,11 +525,12 @@ class CallSession(CallHandle):
             # spoke, then pressed # and the goodbye is playing): keep the words, do not cut the bot.
             # (A re-prompt, a fixed line, is still cut and the question answered.)
             return
-        if self.playback.is_playing:
+        if self._bot_talking():
             # The detector missed the onset (e.g. very soft speech) but STT heard words: same as a
             # barge-in. Cut now, so the response started below is not the one cancelled.
+            unplayed = self.playback.is_playing
             cut = self._cut_response()
-            self._spawn(self._send_clear_and_cancel(cut, None, "transcript"), "barge-in")
+            self._spawn(self._send_clear_and_cancel(cut, None, "transcript", clear=unplayed), "barge-in")
         else:
             self._cancel_unspoken_response()
         self._start_response("llm", speech_end_ms=speech_end, stt_final_ms=now)
@@ -617,6 +682,23 @@ class CallSession(CallHandle):
             if not speaker.done():
                 speaker.cancel()
         if failed is None and tool_calls:
+            for dropped in tool_calls[1:]:
+                # One action per reply (a hang-up after a transfer, say, would make no sense): the
+                # first one runs; the others are recorded, not run.
+                logger.warning(
+                    "call %s: the model asked for %d tools in one reply; %r not run",
+                    self.call_sid,
+                    len(tool_calls),
+                    dropped.name,
+                )
+                self.log.event(
+                    EventKind.TOOL_CALL,
+                    audio_ms=self.now_ms(),
+                    name=dropped.name,
+                    arguments=dropped.arguments,
+                    dropped=True,
+                    result=f"not run: only the first tool of a reply runs ({tool_calls[0].name})",
+                )
             await self._run_tool(r, tool_calls[0])
 
     async def _run_tool(self, r: Response, tool: ToolCall) -> None:
@@ -649,20 +731,47 @@ class CallSession(CallHandle):
         if r.history_msg is not None and not r.finalized:
             r.history_msg["content"] = r.turn.text
         try:
+            if time.monotonic() < self._tts_failover_until and (fallback := self._tts_fallback()):
+                await self._synthesize_into(r, fallback, text)  # failed over: no wait on the real engine
+                return
             try:
                 await self._synthesize_into(r, self.tts, text)
             except TTSError as exc:
-                self.log.event(
-                    EventKind.ERROR, audio_ms=self.now_ms(), stage="tts", kind=exc.kind, error=str(exc)
+                fallback = self._tts_fallback()
+                failover = fallback is not None and exc.kind in _TTS_FAILOVER_KINDS
+                cooldown_s = float(settings.TTS_FAILOVER_COOLDOWN_S)
+                data: dict[str, Any] = {"stage": "tts", "kind": exc.kind, "error": str(exc)}
+                if failover and fallback is not None:
+                    self._tts_failover_until = time.monotonic() + cooldown_s
+                    data.update(fallback=fallback.name, failover_s=cooldown_s)
+                self.log.event(EventKind.ERROR, audio_ms=self.now_ms(), **data)
+                logger.warning(
+                    "call %s: TTS failed (%s): %s%s",
+                    self.call_sid,
+                    exc.kind,
+                    exc,
+                    f"; the offline voice speaks for {cooldown_s:g} s" if failover else "",
                 )
-                logger.warning("call %s: TTS failed (%s): %s", self.call_sid, exc.kind, exc)
-                fallback = _offline_tts()
-                if fallback is not None and type(fallback) is not type(self.tts):
+                if fallback is not None:
                     # The offline voice says the piece instead, so the call never sits silent. (After a
                     # drop mid-piece the caller hears its start twice: a stutter beats a gap.)
                     await self._synthesize_into(r, fallback, text)
         finally:
             self.playback.end_segment(r.gen)
+
+    def _tts_fallback(self) -> TextToSpeech | None:
+        """The offline voice, built once per call; None if it cannot load or already is ``self.tts``.
+
+        After a TTS timeout, outage or refused credentials (``_TTS_FAILOVER_KINDS``) it speaks for the
+        rest of the call for ``TTS_FAILOVER_COOLDOWN_S`` (a circuit breaker: each later sentence would
+        otherwise wait out ``DEEPGRAM_TTS_TIMEOUT_S`` again); then the real engine is tried again.
+        """
+        if self._fallback_tts is None:
+            self._fallback_tts = _offline_tts()
+        fallback = self._fallback_tts
+        if fallback is None or type(fallback) is type(self.tts):
+            return None
+        return fallback
 
     async def _synthesize_into(self, r: Response, engine: TextToSpeech, text: str) -> None:
         """Send the piece's audio as it comes from ``engine``, paced to playout.
@@ -835,6 +944,12 @@ class CallSession(CallHandle):
             return True
         timeout = timeout_s if timeout_s is not None else self._playback_timeout(r)
         return await self._await_drained(r, timeout)
+
+    def response_interrupted(self) -> bool:
+        r = next(
+            (x for x in self._responses.values() if x.task is asyncio.current_task()), self._response
+        )
+        return r is not None and r.finalized and r.turn.interrupted
 
     async def hangup(self, reason: str = EndReason.BOT_HANGUP) -> None:
         self._mark_irreversible()
@@ -1034,9 +1149,15 @@ def _find_or_create_call(start: Start) -> Any:
     call = Call.objects.filter(call_sid=start.call_sid).first()
     if call is None and start.custom_parameters.get("call_id"):
         call = Call.objects.filter(pk=_uuid_or_none(start.custom_parameters["call_id"])).first()
-        if call is not None and not call.call_sid:
+        if call is not None and not call.call_sid and not call.is_final:
             call.call_sid = start.call_sid
             call.save(update_fields=["call_sid"])
+    if call is not None and call.is_final:
+        # A stream never starts for an ended call: this is a replayed or forged start. Refuse it
+        # rather than re-open the call (the consumer closes the socket, no session is made).
+        from calls.errors import CallNotActive
+
+        raise CallNotActive(f"call {call.call_sid or call.pk} is already {call.status}; start refused")
     if call is None:
         call = Call.objects.create(
             call_sid=start.call_sid,

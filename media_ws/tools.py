@@ -4,10 +4,13 @@ Both act on the live call only through ``get_current_call()``, so they work the 
 LLM, the offline scripted agent, or your own code running in a call task.
 
 - ``end_call``: the goodbye plays to its last mark, then the carrier hangs up (REST
-  ``status=completed``; a call that already ended is fine), then the stream closes cleanly.
+  ``status=completed``; a call that already ended is fine), then the stream closes cleanly. If the
+  goodbye's marks never come back (pending audio + 5 s), the call is hung up anyway.
 - ``transfer_to_human``: say a hand-off line, wait until it has played, then redirect the live call
-  with TwiML ``<Dial>`` to ``HUMAN_AGENT_NUMBER`` or the number given. With no number configured, or
-  if the carrier refuses, the bot says it cannot transfer and the call goes on.
+  with TwiML ``<Dial>`` to ``HUMAN_AGENT_NUMBER`` or the number given. The model's ``to`` is
+  untrusted (a caller could talk it into dialling a premium-rate number): it is used only if it is
+  ``HUMAN_AGENT_NUMBER`` or listed in ``TRANSFER_ALLOWED_NUMBERS``. With no number configured, a
+  refused ``to``, or a carrier that refuses, the bot says it cannot transfer and the call goes on.
 
 If the caller barges in while the goodbye or hand-off line is playing, the response (and the tool
 with it) is cancelled before anything irreversible happens: the caller had something to say.
@@ -16,6 +19,7 @@ with it) is cancelled before anything irreversible happens: the caller had somet
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from django.conf import settings
@@ -69,21 +73,36 @@ async def end_call(reason: str = "", *, spoke: bool = False) -> str:
     call = get_current_call()
     if not spoke:
         await call.say(settings.GOODBYE_LINE)
-    if not await call.wait_for_playback(timeout_s=30):
-        return "not ended: the goodbye did not finish playing"
+    note = ""
+    if not await call.wait_for_playback():  # bounded: the audio still queued at Twilio + 5 s
+        if call.response_interrupted():
+            return "not ended: the caller interrupted the goodbye"
+        # The marks never came back (lost by Twilio or a proxy): the goodbye has had its time.
+        logger.warning("call %s: the goodbye's marks did not come back; hanging up anyway", call.call_sid)
+        note = "; the goodbye's playback was not confirmed"
     await call.hangup(reason="bot-hangup")
-    return f"call ended ({reason})" if reason else "call ended"
+    return (f"call ended ({reason})" if reason else "call ended") + note
 
 
 async def transfer_to_human(reason: str = "", to: str | None = None, *, spoke: bool = False) -> str:
     """Say a hand-off line, wait for it to play, then redirect the call to a person with ``<Dial>``.
 
-    The target is ``to`` (E.164) or ``HUMAN_AGENT_NUMBER``. With neither, or when the carrier refuses
-    the transfer, the bot says so (``TRANSFER_UNAVAILABLE_LINE``) and the call goes on. Returns the
-    tool result text.
+    The target is ``to`` (E.164, from the model: accepted only if it is ``HUMAN_AGENT_NUMBER`` or in
+    ``TRANSFER_ALLOWED_NUMBERS``) or else ``HUMAN_AGENT_NUMBER``. With no target, a ``to`` not
+    allowed, or when the carrier refuses the transfer, the bot says so
+    (``TRANSFER_UNAVAILABLE_LINE``) and the call goes on. Returns the tool result text (the call log
+    records it as a ``tool_call`` event). Never raises for a refused or failed transfer.
     """
     call = get_current_call()
-    target = (to or settings.HUMAN_AGENT_NUMBER or "").strip()
+    if to and not transfer_allowed(to):
+        logger.warning(
+            "call %s: the model asked to transfer to %r, which is not an allowed transfer number",
+            call.call_sid,
+            to,
+        )
+        await call.say(settings.TRANSFER_UNAVAILABLE_LINE)
+        return f"transfer refused: {to} is not an allowed transfer number"
+    target = (_e164(to) if to else "") or (settings.HUMAN_AGENT_NUMBER or "").strip()
     if not target:
         await call.say(settings.TRANSFER_UNAVAILABLE_LINE)
         return "transfer unavailable: no human agent number is configured"
@@ -98,6 +117,18 @@ async def transfer_to_human(reason: str = "", to: str | None = None, *, spoke: b
         await call.say(settings.TRANSFER_UNAVAILABLE_LINE)
         return f"transfer failed: {exc}"
     return f"transferred to {target}" + (f" ({reason})" if reason else "")
+
+
+def _e164(number: str) -> str:
+    """``number`` with the spaces, dashes, dots and brackets people write removed."""
+    return re.sub(r"[\s\-().]", "", str(number))
+
+
+def transfer_allowed(to: str) -> bool:
+    """Whether the model may send the call to ``to``: it is ``HUMAN_AGENT_NUMBER`` or one of
+    ``TRANSFER_ALLOWED_NUMBERS`` (E.164, compared without spaces or dashes)."""
+    allowed = {_e164(n) for n in [settings.HUMAN_AGENT_NUMBER, *settings.TRANSFER_ALLOWED_NUMBERS] if n}
+    return _e164(to) in allowed
 
 
 async def run_tool(tool_call: ToolCall, *, spoke: bool) -> str:

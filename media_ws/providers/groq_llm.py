@@ -18,9 +18,11 @@
 
 Timeouts and retries, chosen for a live turn (the caller is waiting in silence):
 
-* ``GROQ_TIMEOUT_S`` is the httpx read/write/pool timeout (connect: 2 s) and also a **first-token
-  deadline**: from the call to ``stream()`` to the first text or tool-call delta, including any
-  retry. A stall after that is caught by the httpx read timeout (``httpx.ReadTimeout``).
+* ``GROQ_FIRST_TOKEN_TIMEOUT_S`` (4 s) is the **first-token deadline**: from the call to
+  ``stream()`` to the first text or tool-call delta, including any retry. It is kept short because
+  the caller sits in dead air until the apology.
+* ``GROQ_TIMEOUT_S`` (10 s) is the httpx read/write/pool timeout of the request (connect: 2 s): a
+  stall after the first token is caught by it (``httpx.ReadTimeout``).
 * The SDK's own retries are off (``max_retries=0``, see ``clients.py``): it honours ``Retry-After``
   up to 60 s and retries 429s, neither of which a live turn can afford. Instead one immediate-ish
   retry (after ``RETRY_DELAY_S``) is made for a connection failure or a 5xx before any output,
@@ -160,10 +162,12 @@ class GroqLLM(LanguageModel):
         """Stream one reply to ``messages`` (OpenAI-style dicts) offering ``tools``.
 
         Yields ``TextDelta`` in order and ``ToolCall`` when a call is complete. Closing the
-        generator or cancelling its task closes the HTTP stream. Raises ``LLMError``.
+        generator or cancelling its task closes the HTTP stream. Raises ``LLMError``: ``timeout``
+        when no delta came within ``GROQ_FIRST_TOKEN_TIMEOUT_S`` seconds or a read stalled for
+        ``GROQ_TIMEOUT_S`` seconds (other kinds: see the module docstring).
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + float(settings.GROQ_TIMEOUT_S)
+        deadline = loop.time() + float(settings.GROQ_FIRST_TOKEN_TIMEOUT_S)
         try:
             client = await groq_client()
         except groq.GroqError as exc:  # e.g. no API key at all
@@ -193,7 +197,8 @@ class GroqLLM(LanguageModel):
                     break
                 except TimeoutError as exc:
                     raise LLMError(
-                        f"no output from Groq within {settings.GROQ_TIMEOUT_S:g} s", kind="timeout"
+                        f"no output from Groq within {settings.GROQ_FIRST_TOKEN_TIMEOUT_S:g} s",
+                        kind="timeout",
                     ) from exc
                 except _GROQ_ERRORS as exc:
                     raise map_groq_error(exc, mid_stream=True) from exc
@@ -225,7 +230,7 @@ class GroqLLM(LanguageModel):
                     return await client.chat.completions.create(**request)
             except TimeoutError as exc:
                 raise LLMError(
-                    f"Groq did not answer within {settings.GROQ_TIMEOUT_S:g} s", kind="timeout"
+                    f"Groq did not answer within {settings.GROQ_FIRST_TOKEN_TIMEOUT_S:g} s", kind="timeout"
                 ) from exc
             except (groq.InternalServerError, groq.APIConnectionError) as exc:
                 retryable = not isinstance(exc, groq.APITimeoutError)

@@ -9,6 +9,7 @@ real-time playout, marks and clear) with real recorded speech.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -42,8 +43,10 @@ class Conversation:
         return call
 
     @contextlib.asynccontextmanager
-    async def stream(self, call: Any) -> AsyncIterator[EmulatedMediaStream]:
-        """The call's media stream, opened as Twilio opens it (signed wss:// handshake)."""
+    async def stream(self, call: Any, *, lose_marks: bool = False) -> AsyncIterator[EmulatedMediaStream]:
+        """The call's media stream, opened as Twilio opens it (signed wss:// handshake).
+
+        ``lose_marks``: no mark echo ever reaches the bot (a Twilio side that loses them)."""
         host = PUBLIC_BASE_URL.split("://", 1)[1]
         signature = RequestValidator(self.twilio.auth_token).compute_signature(
             f"wss://{host}/media-stream", {}
@@ -54,6 +57,14 @@ class Conversation:
             account_sid=self.twilio.account_sid,
             custom_parameters={"call_id": str(call.id)},
         ) as stream:
+            if lose_marks:
+                send_raw = stream._send_raw
+
+                async def send_all_but_marks(text: str) -> None:
+                    if json.loads(text).get("event") != "mark":
+                        await send_raw(text)
+
+                stream._send_raw = send_all_but_marks
             yield stream
 
     def updates(self, call_sid: str) -> list[Any]:

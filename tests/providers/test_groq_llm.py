@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -193,12 +194,21 @@ async def test_refused_connection_is_unavailable(fake_groq: FakeGroq) -> None:
     assert caught.value.kind == "unavailable"
 
 
-async def test_no_first_token_within_the_deadline_is_a_timeout(fake_groq: FakeGroq, settings: Any) -> None:
-    settings.GROQ_TIMEOUT_S = 0.4
-    fake_groq.first_chunk_delay_s = 5
+@pytest.mark.parametrize("stall", ["before the headers", "after the role chunk"])
+async def test_no_first_token_within_the_first_token_deadline_is_a_timeout(
+    fake_groq: FakeGroq, settings: Any, stall: str
+) -> None:
+    settings.GROQ_TIMEOUT_S = 10.0  # the request's own timeout does not set the first-token wait
+    settings.GROQ_FIRST_TOKEN_TIMEOUT_S = 0.4
+    if stall == "before the headers":
+        fake_groq.first_chunk_delay_s = 5
+    else:
+        fake_groq.stall_after_chunks = 1  # 200, the role chunk, then nothing
+    started = time.monotonic()
     with pytest.raises(LLMError) as caught:
         await collect()
     assert caught.value.kind == "timeout"
+    assert time.monotonic() - started < 0.4 + 0.5
     await wait_until(lambda: fake_groq.requests[0].client_disconnected, what="the request to be abandoned")
 
 
