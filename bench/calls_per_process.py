@@ -28,7 +28,7 @@ seconds, ``warmup_s`` to settle, ``measure_s`` measured, hang-up. Measured:
 
 - **frame delay**: for every caller ``media`` frame sent in the window, from the load
   generator's send (``bench_ns`` in the message) to the end of its handling in the server
-  (``MEDIA_FRAME_TIMING_FILE``, ``media_ws.consumer.FrameTiming``); p50/p90/p99/p99.9/max;
+  (``MEDIA_FRAME_TIMING_FILE``, ``media_ws.frame_timing.FrameTiming``); p50/p90/p99/p99.9/max;
 - **clear reaction**: from the send of the frame on which the server decided a barge-in (its
   ``barge_in`` event's ``decided_ms``, read from the database after the run) to the ``clear``
   arriving at the load generator; and the server's own ``clear_send_ms``;

@@ -14,7 +14,7 @@ framework and providers:
 
 No STT, TTS, LLM, database or channel layer. With ``MEDIA_FRAME_TIMING_FILE`` set it records each
 frame's handling delay (client send → echo sent) and writes it at the end of the call in the same
-line format as ``media_ws.consumer.FrameTiming``.
+line format as ``media_ws.frame_timing.FrameTiming``.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ sits between the two and timestamps on ``CLOCK_MONOTONIC`` (``time.monotonic_ns`
 
 - every ``media`` message sent gets ``"bench_ns": <ns at send>`` appended (the server's parser
   ignores unknown fields; with ``MEDIA_FRAME_TIMING_FILE`` set the consumer records the frame's
-  handling delay against it, see ``media_ws.consumer.FrameTiming``); the k-th media message is the
+  handling delay against it, see ``media_ws.frame_timing.FrameTiming``); the k-th media message is the
   caller audio of call-clock ms [20k, 20k + 20), so ``media_sent_ns[k]`` is when that frame left;
 - every message received is stamped on arrival (``arrivals``: ns and kind).
 

@@ -2,24 +2,29 @@
 
 It authenticates the handshake, parses each text frame with ``MediaStreamParser``, hands events
 to the call's session and forwards channel-layer control messages (``call.hangup``,
-``call.transfer`` on group ``call_<CallSid>``) from the API, tools or other processes.
+``call.transfer`` on group ``call_<CallSid>``, see ``calls.services``) from the API, tools or
+other processes.
+
+Close codes we send: ``4403`` before ``accept()`` for a handshake without a valid
+``X-Twilio-Signature`` (Daphne answers HTTP 403); ``1008`` (RFC 6455 policy violation) for a
+``start`` we refuse (another account's, or for a call already ended: a replay); ``1011`` when the
+call session cannot be opened; ``1000`` after Twilio's ``stop``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import time
-from array import array
 from typing import Any
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from twilio.request_validator import RequestValidator
 
+from calls.errors import CallNotActive
+from calls.services import group_name
+from calls.twiml import media_stream_url
 from media_ws.errors import ProtocolError
+from media_ws.frame_timing import FrameTiming
 from media_ws.protocol import Dtmf, Mark, Media, MediaStreamParser, Start, Stop
 from media_ws.session import CallSession, open_session
 
@@ -27,83 +32,44 @@ logger = logging.getLogger(__name__)
 
 #: Close code for a refused handshake; sent before ``accept()``, Daphne answers HTTP 403.
 FORBIDDEN = 4403
+#: Close code for a refused ``start`` (wrong ``accountSid``, or the call already ended).
+POLICY_VIOLATION = 1008
+#: Close code when the call session cannot be opened.
+INTERNAL_ERROR = 1011
 
 
-def handshake_signature_ok(scope: dict[str, Any], auth_token: str, public_base_url: str) -> bool:
-    """Check ``X-Twilio-Signature`` on the WebSocket upgrade request.
+def handshake_signature_ok(scope: dict[str, Any], auth_token: str) -> bool:
+    """Check ``X-Twilio-Signature`` on the WebSocket upgrade request (ASGI ``scope``).
 
-    Twilio signs the ``wss://`` URL it connected to (host from ``PUBLIC_BASE_URL``, then path and
-    query) with HMAC-SHA1 of the auth token; a GET upgrade has no body parameters. The ``https://``
-    form is accepted too, as proxies and tunnels differ in what they report. See
-    twilio.com/docs/usage/webhooks/webhooks-security and the Media Streams firewall guide.
+    Twilio signs the ``wss://`` URL it connected to, the ``<Stream url>`` of our TwiML
+    (``calls.twiml.media_stream_url()``, from ``PUBLIC_BASE_URL``), with HMAC-SHA1 of the auth
+    token and no parameters (a GET upgrade has no body). The same URL with ``https://`` is also
+    accepted: behind a TLS-terminating proxy Twilio's own code reports signing either form
+    (docs/reference A6, twilio.com/docs/usage/webhooks/webhooks-security). Returns ``False`` for a
+    missing or wrong signature; never raises.
     """
     headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
     signature = headers.get("x-twilio-signature", "")
     if not signature:
         return False
-    path = scope.get("path", "")
+    url = media_stream_url()
     query = scope.get("query_string", b"").decode("latin-1")
     if query:
-        path = f"{path}?{query}"
-    host = public_base_url.split("://", 1)[-1].rstrip("/")
+        url = f"{url}?{query}"
     validator = RequestValidator(auth_token)
-    return any(validator.validate(f"{scheme}://{host}{path}", {}, signature) for scheme in ("wss", "https"))
-
-
-class FrameTiming:
-    """Benchmark instrument: how long each ``media`` frame took from the client's send to the end
-    of its handling. Off unless ``MEDIA_FRAME_TIMING_FILE`` is set (``bench.calls_per_process``).
-
-    The benchmark client appends ``"bench_ns": <time.monotonic_ns() at send>`` to each ``media``
-    message (the parser ignores unknown fields). After ``session.on_media`` returns, ``record``
-    keeps ``(bench_ns, monotonic_ns() - bench_ns)`` in ns; CLOCK_MONOTONIC is one clock for every
-    process of a Linux machine. Frames without the field are not recorded. ``write`` appends one
-    JSON line per call to the file: ``{"pid", "call_sid", "sent_ns": [...], "delay_ns": [...]}``.
-    """
-
-    KEY = '"bench_ns":'
-    _DIGITS = re.compile(r"\d+")
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.sent_ns = array("q")
-        self.delay_ns = array("q")
-
-    def record(self, text: str | None) -> None:
-        """Note one handled frame, if its message (``text``) carries ``bench_ns``."""
-        done = time.monotonic_ns()
-        i = text.rfind(self.KEY) if text is not None else -1
-        if text is None or i < 0:
-            return
-        digits = self._DIGITS.match(text, i + len(self.KEY))
-        if digits is not None:
-            sent = int(digits.group())
-            self.sent_ns.append(sent)
-            self.delay_ns.append(done - sent)
-
-    def write(self, call_sid: str) -> None:
-        """Append this call's samples to the file (once; nothing if none were recorded)."""
-        if not self.sent_ns:
-            return
-        line = json.dumps(
-            {
-                "pid": os.getpid(),
-                "call_sid": call_sid,
-                "sent_ns": self.sent_ns.tolist(),
-                "delay_ns": self.delay_ns.tolist(),
-            }
-        )
-        # One write() on an O_APPEND descriptor: lines of several calls never interleave.
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, (line + "\n").encode())
-        finally:
-            os.close(fd)
-        self.sent_ns = array("q")
-        self.delay_ns = array("q")
+    return any(validator.validate(signed, {}, signature) for signed in (url, "https" + url[len("wss") :]))
 
 
 class MediaStreamConsumer(AsyncWebsocketConsumer):
+    """One Twilio Media Stream (one call): Twilio's JSON text frames in, bot audio frames out.
+
+    Inbound frames are Twilio's ``connected``, ``start``, ``media``, ``mark``, ``dtmf`` and
+    ``stop`` messages (``media_ws.protocol``). A bad frame, or any error while handling one, is
+    logged with the callSid (never the payload), counted as a protocol error and dropped; the call
+    goes on. Control messages arrive on channel-layer group ``call_<CallSid>``:
+    ``{"type": "call.hangup", "reason": str}`` and ``{"type": "call.transfer", "to": "+E164"}``.
+    """
+
     session: CallSession | None = None
     group: str | None = None
     #: Set only when MEDIA_FRAME_TIMING_FILE is (benchmarks): one attribute check per frame otherwise.
@@ -120,8 +86,10 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             await super().dispatch(message)
 
     async def connect(self) -> None:
+        """Accept the upgrade, or close with 4403 (HTTP 403) if ``TWILIO_AUTH_TOKEN`` is set and
+        the request is not signed by Twilio."""
         token = settings.TWILIO_AUTH_TOKEN
-        if token and not handshake_signature_ok(self.scope, token, settings.PUBLIC_BASE_URL):
+        if token and not handshake_signature_ok(self.scope, token):
             client = self.scope.get("client") or ("?", 0)
             logger.warning(
                 "media stream handshake from %s refused: bad or missing X-Twilio-Signature", client[0]
@@ -135,54 +103,69 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         await self.accept()
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Handle one Twilio message (a JSON text frame; UTF-8 bytes are accepted too). Never raises."""
         try:
             event = self.parser.receive(text_data if text_data is not None else (bytes_data or b""))
-        except ProtocolError as exc:
+            if type(event) is Media:
+                if self.session is not None:
+                    await self.session.on_media(event)
+                    if self.frame_timing is not None:
+                        self.frame_timing.record(text_data)
+            elif type(event) is Mark:
+                if self.session is not None:
+                    self.session.on_mark(event)
+            elif type(event) is Start:
+                await self._start(event)
+            elif type(event) is Dtmf:
+                if self.session is not None:
+                    await self.session.on_dtmf(event)
+            elif type(event) is Stop:
+                if self.session is not None:
+                    await self.session.shutdown("stop")
+                await self.close()
+        except Exception as exc:
             self._reject(exc)
-            return
-        if type(event) is Media:
-            if self.session is not None:
-                await self.session.on_media(event)
-                if self.frame_timing is not None:
-                    self.frame_timing.record(text_data)
-        elif type(event) is Mark:
-            if self.session is not None:
-                self.session.on_mark(event)
-        elif type(event) is Start:
-            await self._start(event)
-        elif type(event) is Dtmf:
-            if self.session is not None:
-                await self.session.on_dtmf(event)
-        elif type(event) is Stop:
-            if self.session is not None:
-                await self.session.shutdown("stop")
-            await self.close()
 
-    def _reject(self, exc: ProtocolError) -> None:
+    def _reject(self, exc: Exception) -> None:
         self.rejected += 1
-        call_sid = self.parser.call_sid or "-"
+        if isinstance(exc, ProtocolError):
+            reason, log, exc_info = str(exc), logger.warning, None  # str(exc) never quotes the payload
+        else:
+            reason, log, exc_info = f"internal error: {type(exc).__name__}", logger.error, exc
         if self.rejected <= 5 or self.rejected % 100 == 0:
-            logger.warning(
-                "call %s: dropped a media-stream message (%d so far): %s", call_sid, self.rejected, exc
-            )
+            call_sid = self.parser.call_sid or "-"
+            text = "call %s: dropped a media-stream message (%d so far): %s"
+            log(text, call_sid, self.rejected, reason, exc_info=exc_info)
         if self.session is not None:
-            self.session.on_protocol_error(str(exc), self.rejected)
+            self.session.on_protocol_error(reason, self.rejected)
 
     async def _start(self, start: Start) -> None:
+        account = settings.TWILIO_ACCOUNT_SID
+        if account and start.account_sid != account:
+            logger.warning(
+                "call %s: start refused: accountSid %s is not ours", start.call_sid, start.account_sid
+            )
+            await self.close(code=POLICY_VIOLATION, reason="accountSid does not match")
+            return
         try:
             self.session = await open_session(start, send=self._send_text, close=self.close)
+        except CallNotActive as exc:
+            logger.warning("call %s: start refused: %s", start.call_sid, exc)
+            await self.close(code=POLICY_VIOLATION, reason="call already ended")
+            return
         except Exception:
             # No session, no conversation: close the stream, so the call ends instead of hanging silent.
             logger.exception("call %s: could not open the call session; closing the stream", start.call_sid)
-            await self.close(code=1011)
+            await self.close(code=INTERNAL_ERROR)
             return
-        self.group = f"call_{start.call_sid}"
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.channel_layer.group_add(group_name(start.call_sid), self.channel_name)
+        self.group = group_name(start.call_sid)
 
     async def _send_text(self, text: str) -> None:
         await self.send(text_data=text)
 
     async def disconnect(self, code: int) -> None:
+        """The socket closed (``code`` 1000/1001: a normal end): finish the session, leave the group."""
         if self.session is not None:
             await self.session.shutdown("stop" if code in (1000, 1001) else f"disconnect-{code}")
         if self.frame_timing is not None:
@@ -190,11 +173,12 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
         if self.group is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
-    # Channel-layer control messages (calls.services sends them to group call_<CallSid>).
     async def call_hangup(self, event: dict[str, Any]) -> None:
+        """``{"type": "call.hangup", "reason": <EndReason>}``: the call was hung up at the carrier."""
         if self.session is not None:
             await self.session.on_remote_hangup(str(event.get("reason", "")))
 
     async def call_transfer(self, event: dict[str, Any]) -> None:
+        """``{"type": "call.transfer", "to": "+E164"}``: the call was redirected to a person."""
         if self.session is not None:
             await self.session.on_remote_transfer(str(event.get("to", "")))

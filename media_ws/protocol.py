@@ -65,7 +65,15 @@ MULAW_SAMPLE_RATE = 8000
 MULAW_CHANNELS = 1
 DTMF_TRACK = "inbound_track"
 
-_MAX_DIGITS = 18  # sequence numbers / ms timestamps; keeps int() far from its 4300-digit limit
+#: Largest ``sequenceNumber`` / ``media.chunk`` / ``media.timestamp`` accepted: the database
+#: stores call-clock ms in 32-bit integer columns (PostgreSQL ``integer``), and 2**31-1 ms is 24
+#: days, far beyond a call. A larger value is a broken or hostile sender.
+MAX_NUMBER = 2**31 - 1
+_MAX_DIGITS = len(str(MAX_NUMBER))  # checked before int(), so int() never sees a long string
+#: Twilio SIDs are two letters and 32 hex digits (``CA…``, ``MZ…``, ``AC…``); we accept any 1 to 64
+#: ASCII letters and digits (tests and the emulator use shorter ones). That is what the ``Call``
+#: columns hold and keeps ``call_<CallSid>`` a valid Channels group name (ASCII, < 100 chars).
+MAX_SID_CHARS = 64
 _SHOWN_CHARS = 32  # how much of a bad (non-audio) value an error message quotes
 
 # --- Inbound events (Twilio -> us) -------------------------------------------------------------
@@ -221,13 +229,25 @@ def _string(parent: dict[str, Any], key: str, event: str, field: str, *, empty_o
 
 
 def _number(value: Any, event: str, field: str) -> int:
-    """A non-negative integer sent as a decimal string (Twilio's way) or a JSON number."""
+    """An integer 0..``MAX_NUMBER`` sent as a decimal string (Twilio's way) or a JSON number."""
     if type(value) is str:
-        if value.isdigit() and value.isascii() and len(value) <= _MAX_DIGITS:
-            return int(value)
+        if value.isdigit() and value.isascii():
+            if len(value) <= _MAX_DIGITS and (number := int(value)) <= MAX_NUMBER:
+                return number
+            raise _missing_or_mistyped(event, field, value, f"at most {MAX_NUMBER}")
     elif type(value) is int and value >= 0:
-        return value
+        if value <= MAX_NUMBER:
+            return value
+        raise _missing_or_mistyped(event, field, value, f"at most {MAX_NUMBER}")
     raise _missing_or_mistyped(event, field, value, "a decimal string")
+
+
+def _sid(parent: dict[str, Any], key: str, event: str, field: str) -> str:
+    """A Twilio SID: 1..``MAX_SID_CHARS`` ASCII letters and digits."""
+    value = parent.get(key)
+    if type(value) is str and 0 < len(value) <= MAX_SID_CHARS and value.isascii() and value.isalnum():
+        return value
+    raise _missing_or_mistyped(event, field, value, f"a SID of 1 to {MAX_SID_CHARS} ASCII letters and digits")
 
 
 def _sequence_number(msg: dict[str, Any], event: str) -> int | None:
@@ -258,6 +278,9 @@ def _load(text: str | bytes | bytearray) -> dict[str, Any]:
         # JSONDecodeError / UnicodeDecodeError texts give a position, not the document; ``from
         # None`` drops the exception that holds the document (and so the payload).
         raise MalformedMessage(f"message is not valid JSON: {exc}", reason="bad_json") from None
+    except RecursionError:
+        # json's C scanner recurses once per nesting level: "[" * 100000 exhausts the stack.
+        raise MalformedMessage("message is not valid JSON: nested too deeply", reason="bad_json") from None
     if type(msg) is not dict:
         raise MalformedMessage(
             f"message must be a JSON object, got a JSON {type(msg).__name__}", reason="not_object"
@@ -304,7 +327,7 @@ def _parse_start(msg: dict[str, Any]) -> Start:
     # Twilio puts streamSid both inside "start" and at the top level; either will do, but two
     # different values mean a broken sender.
     inner, outer = start.get("streamSid"), msg.get("streamSid")
-    stream_sid = _string(start if inner is not None else msg, "streamSid", "start", "start.streamSid")
+    stream_sid = _sid(start if inner is not None else msg, "streamSid", "start", "start.streamSid")
     if inner is not None and outer is not None and outer != inner:
         raise MalformedMessage(
             f"start message: streamSid {_shown(outer)} differs from start.streamSid {_shown(inner)}",
@@ -325,8 +348,8 @@ def _parse_start(msg: dict[str, Any]) -> Start:
     fmt = _object(start, "mediaFormat", "start", "start.mediaFormat")
     return Start(
         stream_sid=stream_sid,
-        call_sid=_string(start, "callSid", "start", "start.callSid"),
-        account_sid=_string(start, "accountSid", "start", "start.accountSid"),
+        call_sid=_sid(start, "callSid", "start", "start.callSid"),
+        account_sid=_sid(start, "accountSid", "start", "start.accountSid"),
         tracks=tuple(tracks),
         custom_parameters=dict(params),
         encoding=_string(fmt, "encoding", "start", "start.mediaFormat.encoding"),
@@ -381,8 +404,10 @@ def parse_inbound(text: str | bytes) -> InboundEvent:
     ``Media`` (payload decoded to μ-law bytes), ``Mark``, ``Dtmf`` or ``Stop``, with numeric
     strings converted to ``int``. Unknown extra fields are ignored.
 
-    Raises ``MalformedMessage`` (bad JSON, not an object, no ``event``, a missing or mistyped
-    field, a non-numeric ``sequenceNumber``/``chunk``/``timestamp``, bad base64) or
+    Raises ``MalformedMessage`` (bad JSON or JSON nested too deeply, not an object, no ``event``,
+    a missing or mistyped field, a ``sequenceNumber``/``chunk``/``timestamp`` that is not a
+    decimal 0..``MAX_NUMBER``, a ``start`` SID that is not 1..64 ASCII letters and digits, bad
+    base64) or
     ``UnknownEvent`` (an ``event`` Twilio does not send, e.g. our own ``clear``). Both are
     ``ProtocolError``; their text never contains the audio payload.
     """

@@ -1,5 +1,5 @@
 """The server benchmarks' measuring parts, without a server: the stamp the load generator adds to
-media messages (read back by the consumer's ``FrameTiming`` and accepted by the parser), the
+media messages (read back by ``media_ws.frame_timing.FrameTiming``, accepted by the parser), the
 figures computed from stamps, and the echo ceiling app driven as ASGI in-process.
 
 The benchmarks themselves (``bench.calls_per_process``, ``bench.pipeline_overhead``) take minutes
@@ -14,7 +14,7 @@ import json
 from bench import loadgen as L
 from bench.calls_per_process import clear_reactions_ms, frame_delays_ms, stats_ms
 from bench.pipeline_overhead import final_to_first_audio_ms
-from media_ws.consumer import FrameTiming
+from media_ws.frame_timing import FrameTiming
 from media_ws.protocol import Media, TwilioStreamWriter, parse_inbound
 
 MS = 1_000_000  # ns

@@ -363,6 +363,37 @@ MALFORMED = [
         "missing_field",
         "dtmf.digit",
     ),
+    ("json nested too deeply", "[" * 100000, MalformedMessage, "bad_json", "nested too deeply"),
+    (
+        "json nested too deeply inside media",
+        '{"event":"media","streamSid":"MZ","media":{"payload":' + "[" * 100000 + "}}",
+        MalformedMessage,
+        "bad_json",
+        "nested too deeply",
+    ),
+    ("timestamp above 2**31-1", media_msg(timestamp="99999999999"), MalformedMessage, "bad_field", "at most"),
+    ("timestamp 2**31", media_msg(timestamp=str(2**31)), MalformedMessage, "bad_field", "at most"),
+    ("chunk number 2**31", media_msg(chunk=2**31), MalformedMessage, "bad_field", "'media.chunk' must be at"),
+    (
+        "sequenceNumber above 2**31-1",
+        json.dumps({**json.loads(media_msg()), "sequenceNumber": "4294967296"}),
+        MalformedMessage,
+        "bad_field",
+        "'sequenceNumber' must be at most",
+    ),
+    ("start callSid with a space", start_msg(callSid="CA 1"), MalformedMessage, "bad_field", "start.callSid"),
+    ("start callSid not ascii", start_msg(callSid="CAé1"), MalformedMessage, "bad_field", "start.callSid"),
+    ("callSid of 65 chars", start_msg(callSid="C" * 65), MalformedMessage, "bad_field", "SID of 1 to 64"),
+    ("start callSid with a dot", start_msg(callSid="CA.1"), MalformedMessage, "bad_field", "start.callSid"),
+    ("start callSid empty", start_msg(callSid=""), MalformedMessage, "bad_field", "start.callSid"),
+    (
+        "start streamSid not a SID",
+        json.dumps({**json.loads(start_msg(streamSid=None)), "streamSid": "MZ/../x"}),
+        MalformedMessage,
+        "bad_field",
+        "start.streamSid",
+    ),
+    ("bad start accountSid", start_msg(accountSid="AC\n1"), MalformedMessage, "bad_field", "accountSid"),
     (
         "stop without callSid",
         '{"event":"stop","streamSid":"MZ","stop":{"accountSid":"AC"}}',
@@ -411,6 +442,24 @@ def test_parse_is_liberal_where_nothing_is_lost():
     assert start.custom_parameters == {}
     only_top_level = json.loads(start_msg(streamSid=None))
     assert parse_inbound(json.dumps(only_top_level)).stream_sid == STREAM
+
+
+def test_numbers_up_to_2_31_minus_1_and_short_sids_are_accepted():
+    media = parse_inbound(media_msg(timestamp=str(2**31 - 1), chunk=2**31 - 1))
+    assert (media.timestamp_ms, media.chunk) == (2**31 - 1, 2**31 - 1)
+    # Twilio's SIDs are 34 characters; tests and the emulator also use short ones such as "CAxx".
+    for sid in ("C", "CAxx", "CA" + "f" * 62):
+        assert parse_inbound(start_msg(callSid=sid)).call_sid == sid
+
+
+def test_deeply_nested_json_is_a_counted_rejection_and_the_stream_goes_on():
+    p, w = started_parser()
+    nested_media = f'{{"event":"media","streamSid":"{STREAM}","media":{"[" * 100000}}}'
+    for text in ("[" * 100000, '{"a":' * 100000, nested_media):
+        with pytest.raises(MalformedMessage, match="nested too deeply"):
+            p.receive(text)
+    assert p.errors == {"bad_json": 3}
+    assert p.receive(w.media(FRAME, 20)).payload == FRAME
 
 
 # --- MediaStreamParser order rules ---------------------------------------------------------------

@@ -53,6 +53,13 @@ async def twilio_stream(
             await comm.disconnect()
 
 
+@pytest.fixture(autouse=True)
+def _asgi_application_loaded() -> None:
+    """Import the ASGI app before the test runs: its first import runs ``django.setup()``, whose
+    logging dictConfig would drop the handler ``caplog`` installed for the test."""
+    import voicebot.asgi  # noqa: F401
+
+
 @pytest.fixture
 def speech():
     return fixture_audio
