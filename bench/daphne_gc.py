@@ -7,8 +7,10 @@
 - ``freeze``: before Daphne starts, the ASGI application module (the last argument,
   ``module:attribute``) is imported, a full collection runs, then ``gc.freeze()`` moves every
   object that exists (Django, the project, its libraries) to the permanent generation, which later
-  collections never scan. This is what one ``gc.freeze()`` at the end of ``voicebot/asgi.py`` would
-  do; the benchmark measures it before anyone changes the project.
+  collections never scan. This is what the ``gc.freeze()`` at the end of ``voicebot/asgi.py`` does
+  since commit c4c321f (the experiment in BENCHMARKS.md part 2 ran before it). Because the
+  project's ASGI module now freezes on import, ``log`` mode on it no longer gives a no-freeze
+  baseline: for that, run it on a tree before c4c321f.
 
 Otherwise Daphne runs exactly as its own command does (``CommandLineInterface().run(args)``).
 """
