@@ -215,6 +215,23 @@ class PlaybackTracker:
         self._pending_bytes = 0
         return names
 
+    def abandon(self, generation: int) -> int:
+        """Stop waiting for the pending marks of response ``generation``: take them as lost.
+
+        For a Twilio side that never echoes (a lost mark, a broken proxy): once the audio has had
+        far more than its playing time, the session gives up on it, so ``is_playing`` and
+        ``pending_ms`` stop counting it (otherwise the bot would seem to talk forever, and the
+        silence timeout never fire). Its audio is not counted as played; a late echo of one of
+        these marks returns ``None`` like an unknown name. Returns how many marks were abandoned.
+        """
+        lost = [name for name, chunk in self._chunks.items() if chunk.generation == generation]
+        for name in lost:
+            chunk = self._chunks.pop(name)
+            chunk.segment.response.pending_marks -= 1
+            if not chunk.cleared:
+                self._pending_bytes -= chunk.nbytes
+        return len(lost)
+
     # --- questions ----------------------------------------------------------------------------
 
     @property

@@ -84,6 +84,8 @@ _HISTORY_LIMIT = 40
 #: TTS failures that make the session speak with the offline voice for ``TTS_FAILOVER_COOLDOWN_S``:
 #: they would most likely happen again on the next sentence (and each timeout costs its wait again).
 _TTS_FAILOVER_KINDS = frozenset({"timeout", "unavailable", "auth"})
+
+
 @dataclass(eq=False)
 class Response:
     """One bot response: a generation of audio, its turn record and the task producing it."""
@@ -279,6 +281,11 @@ class CallSession(CallHandle):
         else:
             self._start_response("llm", speech_end_ms=at, stt_final_ms=at)
 
+    def on_control_unreachable(self, error: str) -> None:
+        """The consumer could not join ``call_<CallSid>``: API hang-ups and transfers cannot reach
+        this call (the conversation goes on). Recorded as an ``error`` event with ``stage="control"``."""
+        self.log.event(EventKind.ERROR, audio_ms=self.now_ms(), stage="control", error=error)
+
     def on_protocol_error(self, reason: str, count: int) -> None:
         """A rejected message (already logged by the consumer); the first few also go in the call log."""
         self.rejected_messages += 1
@@ -332,7 +339,13 @@ class CallSession(CallHandle):
         if self.playback.is_playing:
             return True
         r = self._response
-        return r is not None and not r.finalized and not r.irreversible and self.playback.sent_ms(r.gen) > 0
+        return (
+            r is not None
+            and not r.finalized
+            and not r.irreversible
+            and not r.sent.is_set()  # all sent and nothing unplayed: nothing left to cut
+            and self.playback.sent_ms(r.gen) > 0
+        )
 
     async def _barge_in(self, onset: SpeechOnset | None, cause: str = "speech", *, log: bool = True) -> None:
         """Caller speech (or a keypress) while the bot talks: ``clear`` first if any bot audio is
@@ -622,6 +635,17 @@ class CallSession(CallHandle):
             if not r.finalized:
                 self._finalize_response(r, interrupted=True)
             raise
+        except Exception as exc:
+            # A bug or an engine error nothing below caught (e.g. the offline voice failing during a
+            # TTS failover): close the turn, so the silence watcher and _say_soon work again, and
+            # apologise unless this response was the apology (no loop of failing apologies).
+            logger.exception("call %s: response %d (%s) failed", self.call_sid, r.gen, r.kind)
+            self.log.event(EventKind.ERROR, audio_ms=self.now_ms(), stage="response", error=repr(exc))
+            if not r.finalized:
+                self._finalize_response(r, interrupted=not r.played_all)
+            if r.turn.text != settings.APOLOGY_LINE:
+                r.sent.set()
+                self._say_soon(settings.APOLOGY_LINE)
         finally:
             r.sent.set()
             self._idle_since = time.monotonic()
@@ -640,9 +664,23 @@ class CallSession(CallHandle):
         await self._run_tool(r, tool)
 
     async def _respond_silence_end(self, r: Response) -> None:
-        await self._speak_text(r, settings.SILENCE_GOODBYE_LINE)
-        if await self.wait_for_playback():
-            await self.hangup(reason=EndReason.SILENCE)
+        # As end_call: a goodbye whose marks never come back still ends the call; one the caller
+        # interrupted does not (they are talking again), and the silence watcher starts over.
+        try:
+            await self._speak_text(r, settings.SILENCE_GOODBYE_LINE)
+            if await self.wait_for_playback() or not self.response_interrupted():
+                await self.hangup(reason=EndReason.SILENCE)
+                return
+        except asyncio.CancelledError:  # a barge-in cut the goodbye (or the call is ending)
+            self._watch_silence_again()
+            raise
+        self._watch_silence_again()
+
+    def _watch_silence_again(self) -> None:
+        """After an interrupted silence goodbye: the caller is back, so count re-prompts afresh."""
+        if not self._ending:
+            self._reprompts = 0
+            self._spawn(self._watch_silence(), "silence")
 
     async def _respond_llm(self, r: Response) -> None:
         """LLM → sentence/clause pieces → TTS → audio, with the tool call (if any) after the speech."""
@@ -762,8 +800,8 @@ class CallSession(CallHandle):
     def _tts_fallback(self) -> TextToSpeech | None:
         """The offline voice, built once per call; None if it cannot load or already is ``self.tts``.
 
-        After a TTS timeout, outage or refused credentials (``_TTS_FAILOVER_KINDS``) it speaks for the
-        rest of the call for ``TTS_FAILOVER_COOLDOWN_S`` (a circuit breaker: each later sentence would
+        After a TTS timeout, outage or refused credentials (``_TTS_FAILOVER_KINDS``) it speaks every
+        sentence for ``TTS_FAILOVER_COOLDOWN_S`` (a circuit breaker: each later sentence would
         otherwise wait out ``DEEPGRAM_TTS_TIMEOUT_S`` again); then the real engine is tried again.
         """
         if self._fallback_tts is None:
@@ -874,8 +912,13 @@ class CallSession(CallHandle):
         try:
             await asyncio.wait_for(r.drained.wait(), timeout_s)
         except TimeoutError:
+            lost = self.playback.abandon(r.gen)  # not "still playing" forever (silence, barge-in)
             logger.warning(
-                "call %s: marks of response %d not echoed within %.1f s", self.call_sid, r.gen, timeout_s
+                "call %s: %d marks of response %d not echoed within %.1f s; taken as lost",
+                self.call_sid,
+                lost,
+                r.gen,
+                timeout_s,
             )
             return False
         return r.played_all

@@ -108,15 +108,21 @@ async def transfer_to_human(reason: str = "", to: str | None = None, *, spoke: b
         return "transfer unavailable: no human agent number is configured"
     if not spoke:
         await call.say(settings.HANDOFF_LINE)
-    if not await call.wait_for_playback(timeout_s=30):
-        return "not transferred: the hand-off line did not finish playing"
+    note = ""
+    if not await call.wait_for_playback():  # bounded: the audio still queued at Twilio + 5 s
+        if call.response_interrupted():
+            return "not transferred: the caller interrupted the hand-off line"
+        # The marks never came back: the hand-off line has had its time; the caller asked for a person.
+        logger.warning("call %s: the hand-off line's marks did not come back; transferring anyway",
+                       call.call_sid)
+        note = "; the hand-off line's playback was not confirmed"
     try:
         await call.transfer(target)
     except CallControlError as exc:
         logger.warning("call %s: transfer to a person failed: %s", call.call_sid, exc)
         await call.say(settings.TRANSFER_UNAVAILABLE_LINE)
         return f"transfer failed: {exc}"
-    return f"transferred to {target}" + (f" ({reason})" if reason else "")
+    return f"transferred to {target}" + (f" ({reason})" if reason else "") + note
 
 
 def _e164(number: str) -> str:

@@ -273,3 +273,30 @@ async def test_end_call_hangs_up_even_if_the_goodbyes_marks_never_come_back(
     row, _, events = await db(call_log, call.id)
     assert row.end_reason == "bot-hangup"
     assert tool_results(events)[-1]["result"] == "call ended; the goodbye's playback was not confirmed"
+
+
+async def test_a_transfer_whose_hand_off_marks_never_come_back_still_transfers(
+    conversation: Conversation,
+) -> None:
+    conversation.deepgram.transcripts = ["Can I talk to a person?"]
+    conversation.groq.reply = [
+        "One moment.",
+        FakeToolCall(name="transfer_to_human", arguments={"reason": "asked"}),
+    ]
+    call = await conversation.place_call()
+    async with conversation.stream(call, lose_marks=True) as stream:
+        await stream.wait_bot_silent(for_ms=300, timeout_s=20)
+        stream.say(QUESTION)
+        await wait_for(lambda: conversation.groq.requests, timeout_s=20)
+        hand_off_started = await stream.wait_bot_speaking(timeout_s=20)
+        await wait_for(lambda: conversation.updates(call.call_sid), timeout_s=15)
+        transferred_at = stream.clock_ms
+        await asyncio.wait_for(stream.closed.wait(), 10)
+    (redirect,) = conversation.updates(call.call_sid)
+    assert redirect.field("Twiml") == transfer_twiml(AGENT_NUMBER, caller_id=FROM_NUMBER, say=None)
+    # The hand-off line (about 1 s) had its time to play, then the wait ended: its audio + 5 s.
+    assert 800 < transferred_at - hand_off_started < 9000
+    row, _, events = await db(call_log, call.id)
+    assert row.end_reason == "transferred" and row.transfer_to == AGENT_NUMBER
+    assert tool_results(events)[-1]["result"].endswith("; the hand-off line's playback was not confirmed")
+

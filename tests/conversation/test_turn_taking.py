@@ -56,6 +56,49 @@ async def test_silence_gets_a_reprompt_then_a_polite_goodbye_and_a_hang_up(
     assert conversation.groq.requests == []  # silence never reached the LLM
 
 
+async def test_a_silent_call_ends_even_if_the_goodbyes_marks_never_come_back(
+    conversation: Conversation, settings: Any
+) -> None:
+    settings.SILENCE_TIMEOUT_S = 1.5
+    settings.SILENCE_MAX_REPROMPTS = 0  # the first silence ends the call
+    call = await conversation.place_call()
+    async with conversation.stream(call, lose_marks=True) as stream:
+        await wait_for(lambda: conversation.updates(call.call_sid), timeout_s=40)
+        await asyncio.wait_for(stream.closed.wait(), 10)
+    assert conversation.updates(call.call_sid)[-1].field("Status") == "completed"
+    row, turns, _ = await db(call_log, call.id)
+    assert [t.text for t in turns] == ["Hi, this is the clinic.", django_settings.SILENCE_GOODBYE_LINE]
+    assert row.end_reason == "silence"
+
+
+async def test_a_caller_who_cuts_the_silence_goodbye_is_answered_and_silence_is_watched_again(
+    conversation: Conversation, settings: Any
+) -> None:
+    settings.SILENCE_TIMEOUT_S = 1.5
+    settings.SILENCE_MAX_REPROMPTS = 0
+    conversation.deepgram.transcripts = ["Wait, I am here."]
+    conversation.groq.reply = ["Good, we open at nine."]
+    call = await conversation.place_call()
+    async with conversation.stream(call) as stream:
+        await stream.wait_bot_speaking()  # the greeting
+        await stream.wait_bot_silent(for_ms=100, timeout_s=20)
+        await stream.wait_bot_speaking(timeout_s=10)  # the silence goodbye
+        await stream.wait_clock(stream.clock_ms + 600)
+        stream.say(fixture_audio("clone_test"))  # cuts the goodbye
+        await wait_for(lambda: conversation.groq.requests, timeout_s=20)
+        # Answered, then silent again: the watcher runs again and ends the call this time.
+        await wait_for(lambda: conversation.updates(call.call_sid), timeout_s=40)
+        await asyncio.wait_for(stream.closed.wait(), 10)
+    row, turns, events = await db(call_log, call.id)
+    bot = [(t.text, t.interrupted) for t in turns if t.role == "bot"]
+    goodbye, cut = bot[1]
+    assert cut and goodbye and django_settings.SILENCE_GOODBYE_LINE.startswith(goodbye)  # the caller cut it
+    assert bot[2] == ("Good, we open at nine.", False)
+    assert bot[3] == (django_settings.SILENCE_GOODBYE_LINE, False)
+    assert [e.data["action"] for e in events if e.kind == EventKind.SILENCE] == ["end", "end"]
+    assert row.end_reason == "silence"
+
+
 async def test_without_an_agent_number_the_bot_says_it_cannot_transfer_and_the_call_goes_on(
     conversation: Conversation, settings: Any
 ) -> None:

@@ -284,6 +284,28 @@ def test_forget_drops_texts_but_keeps_queued_audio_tracked():
     assert not t.is_playing
 
 
+def test_abandoned_marks_stop_counting_as_playing_and_their_late_echoes_are_unknown():
+    t = PlaybackTracker()
+    lost = speak(t, 1, "Hello there.", 4000)  # 500 ms: three marks Twilio never echoes
+    kept = speak(t, 2, "Next.", 800)
+    assert t.pending_ms() == 600
+    assert t.abandon(1) == 3
+    assert t.is_playing and t.pending_ms() == 100  # generation 2's audio is still queued
+    assert t.played_ms(1) == 0 and t.heard_text(1) == ""  # lost is not played
+    assert t.on_mark(lost[0]) is None
+    assert echo_all(t, kept) == [MarkEcho(kept[0], 2, played=True, drained=True)]
+    assert not t.is_playing and t.abandon(1) == 0
+
+
+def test_abandoning_cleared_marks_does_not_count_their_audio_twice():
+    t = PlaybackTracker()
+    speak(t, 1, "Hello there.", 1600)
+    t.clear()
+    assert t.abandon(1) == 1 and t.pending_ms() == 0 and not t.is_playing
+    names = speak(t, 2, "Again.", 1600)
+    assert t.pending_ms() == 200 and t.on_mark(names[0]).played
+
+
 def test_long_calls_keep_only_recent_responses():
     t = PlaybackTracker()
     total = PlaybackTracker.MAX_RESPONSES * 3
