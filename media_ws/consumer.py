@@ -120,9 +120,11 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
                 if self.session is not None:
                     await self.session.on_dtmf(event)
             elif type(event) is Stop:
-                if self.session is not None:
-                    await self.session.shutdown("stop")
-                await self.close()
+                try:
+                    if self.session is not None:
+                        await self.session.shutdown("stop")
+                finally:
+                    await self.close()
         except Exception as exc:
             self._reject(exc)
 
@@ -158,7 +160,20 @@ class MediaStreamConsumer(AsyncWebsocketConsumer):
             logger.exception("call %s: could not open the call session; closing the stream", start.call_sid)
             await self.close(code=INTERNAL_ERROR)
             return
-        await self.channel_layer.group_add(group_name(start.call_sid), self.channel_name)
+        try:
+            await self.channel_layer.group_add(group_name(start.call_sid), self.channel_name)
+        except Exception as exc:
+            # The call goes on (the caller is talking to the bot), but API hang-ups and transfers
+            # cannot reach it: say so plainly, it is not a protocol error of Twilio's.
+            logger.error(
+                "call %s: could not join group %s (channel layer down?): API hang-up and transfer "
+                "will not reach this call",
+                start.call_sid,
+                group_name(start.call_sid),
+                exc_info=exc,
+            )
+            self.session.on_control_unreachable(repr(exc))
+            return
         self.group = group_name(start.call_sid)
 
     async def _send_text(self, text: str) -> None:

@@ -24,6 +24,13 @@ FINAL_STATUSES = frozenset({"completed", "busy", "failed", "no-answer", "cancele
 Snapshot = dict[str, Any]
 
 
+def _clear_text(data: dict) -> str:
+    """How the barge-in's ``clear`` went: its send time, or that none was needed (the caller spoke
+    between two sentences, with nothing of the bot's queued at Twilio)."""
+    if "clear_send_ms" in data and data["clear_send_ms"] is None:
+        return "no clear needed (nothing unplayed)"
+    return f"clear sent in {data.get('clear_send_ms', '?')} ms"
+
 def _clock(ms: Any) -> str:
     return f"{ms / 1000:6.1f} s" if isinstance(ms, int | float) else " " * 8
 
@@ -142,8 +149,8 @@ class CallPrinter:
                 how = "a key press"
             else:
                 how = f"cause {cause}"
-            return (f"{at}  ⚡  barge-in: {how}; clear sent in {data.get('clear_send_ms', '?')} ms, "
-                    f"{data.get('cleared_marks', 0)} marks cleared")
+            cleared = data.get("cleared_marks", 0)
+            return f"{at}  ⚡  barge-in: {how}; {_clear_text(data)}, {cleared} marks cleared"
         if kind == "dtmf":
             return f"{at}  ⌨  caller pressed {data.get('digit', '?')}"
         if kind == "tool_call" and "arguments" in data:
@@ -232,7 +239,7 @@ def summary_lines(snapshot: Snapshot, *, recording_path: str = "", admin_url: st
             else:
                 what = {"dtmf": "key press"}.get(data.get("cause"), str(data.get("cause", "?")))
             lines.append(f"                at {(event.get('audio_ms') or 0) / 1000:.1f} s: {what}; "
-                         f"clear sent in {data.get('clear_send_ms', '?')} ms")
+                         f"{_clear_text(data)}")
     else:
         lines.append("  barge-ins     none")
     v2v = [t["voice_to_voice_ms"] for t in turns if t.get("voice_to_voice_ms") is not None]

@@ -90,7 +90,7 @@ class GroupsUnavailableLayer(InMemoryChannelLayer):
         raise ConnectionError("Error 111 connecting to redis:6379. Connection refused.")
 
 
-async def test_an_unexpected_error_while_handling_a_message_is_logged_and_the_call_goes_on(settings, caplog):
+async def test_a_call_whose_group_cannot_be_joined_goes_on_and_says_control_is_unreachable(settings, caplog):
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": f"{__name__}.GroupsUnavailableLayer"}}
     with caplog.at_level(logging.WARNING, logger="media_ws.consumer"):
         comm, writer = await open_call()  # the greeting still comes
@@ -99,11 +99,13 @@ async def test_an_unexpected_error_while_handling_a_message_is_logged_and_the_ca
         await end_call(comm, writer)
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and f"call {writer.call_sid}:" in errors[0].getMessage()
-    assert "ConnectionError" in errors[0].getMessage()
+    assert "hang-up and transfer will not reach this call" in errors[0].getMessage()
     events = await db(events_of, writer.call_sid)
     assert any(
-        kind == EventKind.PROTOCOL_ERROR and "ConnectionError" in data["reason"] for kind, data in events
+        kind == EventKind.ERROR and data.get("stage") == "control" and "ConnectionError" in data["error"]
+        for kind, data in events
     )
+    assert not any(kind == EventKind.PROTOCOL_ERROR for kind, _ in events)  # not Twilio's fault
     assert events[-1][0] == EventKind.STREAM_STOP
 
 

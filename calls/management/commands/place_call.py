@@ -6,10 +6,12 @@ With the emulated carrier the server at ``PUBLIC_BASE_URL`` must be running (e.g
 the emulated callee connects to its ``/media-stream``. The call is placed through the server's
 ``POST /calls/outbound`` (as the ``demo`` user, whose API token is created if missing, as
 ``manage.py demo`` does), so the emulated call lives in the server's process and the server's
-hang-ups and transfers reach it. When the server does not accept that token (it uses another
-database), or with ``--in-process``, the call is placed here instead: the callee then runs in this
-process and connects to the server, and a transfer the server asks for reaches no emulated call
-(the carrier answers 20404 and the bot says it cannot transfer).
+hang-ups and transfers reach it. This is done only when ``PUBLIC_BASE_URL`` is on this machine
+(a token is not sent to a tunnel or another host). When the server is elsewhere, does not accept
+that token (it uses another database), or with ``--in-process``, the call is placed here
+instead: the callee then runs in this process and connects to the server, and a transfer the
+server asks for reaches no emulated call (the carrier answers 20404 and the bot says it cannot
+transfer).
 
 Either way the command prints the live transcript, barge-ins and latencies, then a summary.
 The callee is ``--scenario``, else the scenario whose ``number`` is the dialed number, else
@@ -18,8 +20,10 @@ The callee is ``--scenario``, else the scenario whose ``number`` is the dialed n
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from django.conf import settings
@@ -47,6 +51,19 @@ def admin_url(call_id: Any) -> str:
     from django.urls import reverse
 
     return settings.PUBLIC_BASE_URL + reverse("admin:calls_call_change", args=[call_id])
+
+
+def _is_loopback(url: str) -> bool:
+    """Is ``url``'s host this machine (localhost, 127.0.0.0/8, ::1)? Only then does ``place_call``
+    create the ``demo`` user's API token and send it there: a token must not travel to a public
+    tunnel or over plain HTTP to another host."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Command(BaseCommand):
@@ -80,7 +97,11 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             to = to or (scenario.number if scenario else "") or "+15005550100"
             self._check_server()
-            if not options["in_process"] and self._place_through_server(to, metadata, options):
+            if (
+                not options["in_process"]
+                and _is_loopback(settings.PUBLIC_BASE_URL)
+                and self._place_through_server(to, metadata, options)
+            ):
                 return
         elif options["scenario"]:
             raise CommandError("--scenario needs the emulated carrier (CARRIER=emulator)")
