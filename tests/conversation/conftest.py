@@ -8,6 +8,7 @@ real-time playout, marks and clear) with real recorded speech.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -27,6 +28,24 @@ PUBLIC_BASE_URL = "https://voice.example.com"
 FROM_NUMBER = "+14155550100"
 TO_NUMBER = "+14155550142"
 AGENT_NUMBER = "+14155550199"
+
+
+def call_log(call_id: Any) -> tuple[Any, list[Any], list[Any]]:
+    """The stored call, its turns (by index) and its events (by time); run with ``db()``."""
+    from calls.models import Call
+
+    call = Call.objects.get(pk=call_id)
+    return call, list(call.turns.order_by("index")), list(call.events.order_by("at", "id"))
+
+
+async def wait_for(predicate: Any, timeout_s: float = 20.0) -> None:
+    """Poll ``predicate`` every 20 ms until it is true; ``TimeoutError`` after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not predicate():
+        if loop.time() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.02)
 
 
 class Conversation:

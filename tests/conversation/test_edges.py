@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
-from calls.models import Call, EventKind
+from calls.models import EventKind
 from calls.twiml import transfer_twiml
-from tests.conversation.conftest import AGENT_NUMBER, FROM_NUMBER, Conversation
+from tests.conversation.conftest import AGENT_NUMBER, FROM_NUMBER, Conversation, call_log, wait_for
 from tests.fakes.groq import FakeToolCall
 from tests.live.conftest import db, fixture_audio, mark_generation
 
@@ -21,20 +21,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 QUESTION = fixture_audio("clone_test")  # 4.1 s of real speech
 REPLY = ["We open ", "at nine ", "in the morning, ", "and close ", "at six."]
 REPLY_TEXT = "".join(REPLY).strip()
-
-
-def call_log(call_id: Any) -> tuple[Call, list[Any], list[Any]]:
-    call = Call.objects.get(pk=call_id)
-    return call, list(call.turns.order_by("index")), list(call.events.order_by("at", "id"))
-
-
-async def wait_for(predicate: Any, timeout_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 def tool_results(events: list[Any]) -> list[Any]:

@@ -15,19 +15,14 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
-from calls.models import Call, EventKind
-from tests.conversation.conftest import Conversation
+from calls.models import EventKind
+from tests.conversation.conftest import Conversation, call_log
 from tests.live.conftest import db, fixture_audio
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 REPLY = ["We open ", "at nine ", "in the morning, ", "and close ", "at six."]
 REPLY_TEXT = "".join(REPLY).strip()
-
-
-def call_log(call_id: Any) -> tuple[Call, list[Any], list[Any]]:
-    call = Call.objects.get(pk=call_id)
-    return call, list(call.turns.order_by("index")), list(call.events.order_by("at", "id"))
 
 
 def llm_auth(c: Conversation, s: Any) -> None:

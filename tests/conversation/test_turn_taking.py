@@ -10,26 +10,12 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 
-from calls.models import Call, EventKind
-from tests.conversation.conftest import Conversation
+from calls.models import EventKind
+from tests.conversation.conftest import Conversation, call_log, wait_for
 from tests.fakes.groq import FakeToolCall
 from tests.live.conftest import db, fixture_audio
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def call_log(call_id: Any) -> tuple[Call, list[Any], list[Any]]:
-    call = Call.objects.get(pk=call_id)
-    return call, list(call.turns.order_by("index")), list(call.events.order_by("at", "id"))
-
-
-async def wait_for(predicate: Any, timeout_s: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_silence_gets_a_reprompt_then_a_polite_goodbye_and_a_hang_up(

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from calls.models import Call, EventKind
+from calls.models import EventKind
 from calls.twiml import transfer_twiml
-from tests.conversation.conftest import AGENT_NUMBER, FROM_NUMBER, Conversation
+from tests.conversation.conftest import AGENT_NUMBER, FROM_NUMBER, Conversation, call_log, wait_for
 from tests.fakes.groq import FakeToolCall
 from tests.live.conftest import db, fixture_audio, labelled_onsets
 
@@ -40,19 +40,6 @@ def scripted_model(body: dict[str, Any]) -> list[Any]:
         return ["Thanks for calling,", " goodbye!", end]
     words = ANSWER.split(" ")
     return [w + " " for w in words]
-
-
-async def wait_for(predicate: Any, timeout_s: float = 20.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
-def call_log(call_id: Any) -> tuple[Call, list[Any], list[Any]]:
-    call = Call.objects.get(pk=call_id)
-    return call, list(call.turns.order_by("index")), list(call.events.order_by("at", "id"))
 
 
 async def test_caller_is_answered_interrupts_then_asks_for_a_person_and_is_transferred(
