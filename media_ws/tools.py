@@ -19,12 +19,12 @@ with it) is cancelled before anything irreversible happens: the caller had somet
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 from django.conf import settings
 
-from calls.errors import CallControlError
+from calls.errors import CallControlError, InvalidPhoneNumber
+from calls.phone import parse_e164
 from media_ws.context import get_current_call
 from media_ws.providers.base import ToolCall, ToolSpec
 
@@ -125,15 +125,19 @@ async def transfer_to_human(reason: str = "", to: str | None = None, *, spoke: b
     return f"transferred to {target}" + (f" ({reason})" if reason else "") + note
 
 
-def _e164(number: str) -> str:
-    """``number`` with the spaces, dashes, dots and brackets people write removed."""
-    return re.sub(r"[\s\-().]", "", str(number))
+def _e164(number: str | None) -> str:
+    """``number`` in E.164 (``calls.phone.parse_e164``: libphonenumber), or ``""`` if it is not a
+    valid number."""
+    try:
+        return parse_e164(number or "")
+    except InvalidPhoneNumber:
+        return ""
 
 
 def transfer_allowed(to: str) -> bool:
-    """Whether the model may send the call to ``to``: it is ``HUMAN_AGENT_NUMBER`` or one of
-    ``TRANSFER_ALLOWED_NUMBERS`` (E.164, compared without spaces or dashes)."""
-    allowed = {_e164(n) for n in [settings.HUMAN_AGENT_NUMBER, *settings.TRANSFER_ALLOWED_NUMBERS] if n}
+    """Whether the model may send the call to ``to``: a valid number that is ``HUMAN_AGENT_NUMBER``
+    or one of ``TRANSFER_ALLOWED_NUMBERS`` (compared in E.164, so spaces and dashes do not matter)."""
+    allowed = {_e164(n) for n in [settings.HUMAN_AGENT_NUMBER, *settings.TRANSFER_ALLOWED_NUMBERS]} - {""}
     return _e164(to) in allowed
 
 
